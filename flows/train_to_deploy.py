@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from prefect import flow, runtime
+from prefect import flow, get_run_logger, runtime
 
 from enginekit.config import PipelineConfig
 from tasks.data import prepare_data_task
@@ -53,7 +53,8 @@ def _run_dir(config: PipelineConfig) -> Path:
     return Path(config.work_dir).resolve() / f"{stamp}-{str(run_id)[:8]}"
 
 
-@flow(name="train_to_deploy", log_prints=True)
+# log_prints stays off: a dependency prints bytecode disassembly to stdout during dataset building.
+@flow(name="train_to_deploy")
 def train_to_deploy(config: PipelineConfig) -> PipelineSummary:
     run_dir = _run_dir(config)
     flow_run_id = str(runtime.flow_run.id) if runtime.flow_run.id else None
@@ -91,7 +92,9 @@ def train_to_deploy(config: PipelineConfig) -> PipelineSummary:
         report_markdown=report.report_markdown,
     )
     if not report.passed:
-        print("gates failed; champion and channel pointer left where they were: " + "; ".join(report.failure_reasons))
+        get_run_logger().warning(
+            "gates failed; champion and channel pointer left where they were: " + "; ".join(report.failure_reasons)
+        )
         return summary
 
     published = publish_task(config.publish, config.model_name, bundle.directory, registered.version, registered.uri)
