@@ -167,9 +167,7 @@ def describe_files(bundle_dir: Path, roles: dict[str, FileRole]) -> list[FileEnt
         for prefix, prefix_role in roles.items():
             if prefix.endswith("/") and relative.startswith(prefix):
                 role = prefix_role
-        entries.append(
-            FileEntry(path=relative, size=path.stat().st_size, sha256=sha256_file(path), role=role)
-        )
+        entries.append(FileEntry(path=relative, size=path.stat().st_size, sha256=sha256_file(path), role=role))
     return entries
 
 
@@ -213,9 +211,7 @@ def parse_manifest(text: str, where: str) -> Manifest:
     try:
         return Manifest.model_validate(raw)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}" for item in error.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}" for item in error.errors())
         raise BundleError(f"{where}: invalid manifest: {problems}") from None
 
 

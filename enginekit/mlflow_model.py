@@ -49,7 +49,7 @@ class EngineModel(mlflow.pyfunc.PythonModel):
 
     # No type hints here on purpose: MLflow turns predict's hints into schema enforcement, and the
     # logged signature (see tasks.register) already describes the input.
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+    def predict(self, context, model_input, params=None):
         texts, pairs = texts_from_input(model_input)
         results = classify(self._engine, texts, pairs)
         return pd.DataFrame({"label": [label for label, _ in results], "score": [score for _, score in results]})

@@ -126,9 +126,7 @@ class ObjectStoreSettings(BaseModel):
             return None
         value = value.rstrip("/")
         if not value.startswith(("http://", "https://")):
-            raise ValueError(
-                f"endpoint_url {value!r} must start with http:// or https:// (or be null for AWS)"
-            )
+            raise ValueError(f"endpoint_url {value!r} must start with http:// or https:// (or be null for AWS)")
         return value
 
     @field_validator("prefix")
@@ -654,9 +652,7 @@ class ObjectStore:
                         Body=data,
                         ChecksumSHA256=part_checksum,
                     )
-                    parts.append(
-                        {"PartNumber": part_number, "ETag": response["ETag"], "ChecksumSHA256": part_checksum}
-                    )
+                    parts.append({"PartNumber": part_number, "ETag": response["ETag"], "ChecksumSHA256": part_checksum})
                     part_number += 1
             self._call(
                 "completing a multipart upload",
@@ -739,9 +735,7 @@ class ObjectStore:
         objects = []
         for entry in on_disk.files:
             key = self.version_prefix(model, version) + entry.path
-            uploaded = existing is None and self._put_immutable(
-                key, bundle_dir / entry.path, entry.size, entry.sha256
-            )
+            uploaded = existing is None and self._put_immutable(key, bundle_dir / entry.path, entry.size, entry.sha256)
             objects.append((key, entry.size, entry.sha256, uploaded))
         # Written last: its presence is what marks the version complete.
         manifest_uploaded = False
@@ -1089,9 +1083,7 @@ class ObjectStore:
             try:
                 verify_bundle(staging)
             except BundleError as error:
-                raise CorruptObjectError(
-                    f"fetched version {version!r} failed verification: {error}"
-                ) from None
+                raise CorruptObjectError(f"fetched version {version!r} failed verification: {error}") from None
             try:
                 staging.rename(dest_dir)
             except OSError:

@@ -37,9 +37,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def predict_logits(
-    engine: EngineRuntime, texts: Sequence[str], text_pairs: Sequence[str] | None = None
-) -> np.ndarray:
+def predict_logits(engine: EngineRuntime, texts: Sequence[str], text_pairs: Sequence[str] | None = None) -> np.ndarray:
     """Logits for any number of texts, in chunks of the bundle's max batch size."""
     step = engine.manifest.max_batch_size
     outputs = []

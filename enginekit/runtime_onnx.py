@@ -51,5 +51,7 @@ class OnnxRuntimeEngine:
 
     def run(self, batch: EncodedBatch) -> np.ndarray:
         if len(batch) > self.manifest.max_batch_size:
-            raise ValueError(f"batch of {len(batch)} exceeds the bundle's max_batch_size {self.manifest.max_batch_size}")
+            raise ValueError(
+                f"batch of {len(batch)} exceeds the bundle's max_batch_size {self.manifest.max_batch_size}"
+            )
         return self._session.run([self._output], batch.as_feed())[0]

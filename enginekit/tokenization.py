@@ -53,7 +53,7 @@ class TextEncoder:
         self._tokenizer = Tokenizer.from_file(str(path))
         pad_id = self._tokenizer.token_to_id("[PAD]")
         self._tokenizer.enable_truncation(max_length=max_length)
-        self._tokenizer.enable_padding(pad_id=pad_id if pad_id is not None else 0, pad_token="[PAD]")
+        self._tokenizer.enable_padding(pad_id=pad_id if pad_id is not None else 0, pad_token="[PAD]")  # noqa: S106
 
     def encode(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None) -> EncodedBatch:
         if text_pairs is not None:

@@ -1,8 +1,8 @@
 """``int8-pipeline``: one command surface for users, the Makefile and CI.
 
-    int8-pipeline run [--config configs/demo.yaml] [--set teacher.training.epochs=1 ...]
-    int8-pipeline check-config configs/*.yaml
-    int8-pipeline predict --model models:/NAME@champion "query one" "query two"
+int8-pipeline run [--config configs/demo.yaml] [--set teacher.training.epochs=1 ...]
+int8-pipeline check-config configs/*.yaml
+int8-pipeline predict --model models:/NAME@champion "query one" "query two"
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 DEFAULT_CONFIG = "configs/demo.yaml"
 

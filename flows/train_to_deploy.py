@@ -47,6 +47,16 @@ class PipelineSummary:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+def _quiet_libraries() -> None:
+    """Progress bars and load reports of datasets/transformers drown the stage logs in a flow run."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def _run_dir(config: PipelineConfig) -> Path:
     run_id = runtime.flow_run.id or "local"
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -56,6 +66,7 @@ def _run_dir(config: PipelineConfig) -> Path:
 # log_prints stays off: a dependency prints bytecode disassembly to stdout during dataset building.
 @flow(name="train_to_deploy")
 def train_to_deploy(config: PipelineConfig) -> PipelineSummary:
+    _quiet_libraries()
     run_dir = _run_dir(config)
     flow_run_id = str(runtime.flow_run.id) if runtime.flow_run.id else None
 
@@ -64,7 +75,13 @@ def train_to_deploy(config: PipelineConfig) -> PipelineSummary:
     student = train_student_task(config.quantize, teacher, data, str(run_dir / "student"))
     exported = export_task(config.export, student, teacher, data, str(run_dir / "export"))
     bundle = build_engine_task(
-        config.engine, config.model_name, exported, teacher, data, config.config_hash(), str(run_dir / "bundle")
+        config.engine,
+        config.model_name,
+        exported,
+        teacher,
+        data,
+        config.config_hash(),
+        str(run_dir / "bundle"),
     )
     report = validate_task(config.validate_, bundle.directory, teacher, data, str(run_dir / "validation"))
     registered = register_task(

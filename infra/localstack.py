@@ -503,13 +503,9 @@ class LocalStack:
                 client.create_bucket(Bucket=bucket)
             except ClientError as error:
                 if error.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":
-                    raise LocalStackError(
-                        f"could not create bucket {bucket!r} at {self.s3_url}: {error}"
-                    ) from None
+                    raise LocalStackError(f"could not create bucket {bucket!r} at {self.s3_url}: {error}") from None
             except BotoCoreError as error:
-                raise LocalStackError(
-                    f"could not create bucket {bucket!r} at {self.s3_url}: {error}"
-                ) from None
+                raise LocalStackError(f"could not create bucket {bucket!r} at {self.s3_url}: {error}") from None
 
     def down(self) -> None:
         """Stop the services (Prefect first, then SeaweedFS): SIGTERM, wait, then SIGKILL.

@@ -165,7 +165,9 @@ def _check_texts(values: list[Any], split: str, column: str, where: str) -> None
     if problems:
         shown = "; ".join(problems[:_MAX_PROBLEMS_SHOWN])
         more = f" (and {len(problems) - _MAX_PROBLEMS_SHOWN} more)" if len(problems) > _MAX_PROBLEMS_SHOWN else ""
-        raise DataError(f"{where}, split {split!r}: {len(problems)} bad text value(s): {shown}{more} (rows count from 0)")
+        raise DataError(
+            f"{where}, split {split!r}: {len(problems)} bad text value(s): {shown}{more} (rows count from 0)"
+        )
 
 
 def _label_names(dataset: Dataset, label_column: str) -> list[str]:
@@ -200,7 +202,7 @@ def stratified_indices(labels: list[str], fraction: float, seed: int) -> tuple[l
     for label in sorted(by_label):
         indices = np.array(by_label[label])
         rng.shuffle(indices)
-        count = int(round(len(indices) * fraction))
+        count = round(len(indices) * fraction)
         count = min(max(count, 1), len(indices) - 1) if len(indices) >= 2 else 0
         held_out.extend(indices[:count].tolist())
         rest.extend(indices[count:].tolist())
@@ -238,7 +240,11 @@ def prepare_data(config: DataConfig, out_dir: Path) -> PreparedData:
         raise DataError(f"{where}: no split {config.train_split!r} (splits: {available}); set data.train_split")
 
     parts: dict[str, tuple[Dataset, list[str]]] = {}
-    for role, name in (("train", config.train_split), ("eval", config.eval_split), ("test", config.test_split)):
+    for role, name in (
+        ("train", config.train_split),
+        ("eval", config.eval_split),
+        ("test", config.test_split),
+    ):
         if name is not None and name in raw:
             dataset = raw[name]
             _check_columns(dataset, name, config, where)

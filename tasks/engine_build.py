@@ -119,7 +119,9 @@ def build_onnxruntime_bundle(
             execution_provider="CPUExecutionProvider",
             graph_optimization_level=config.graph_optimization,
         ),
-        golden=GoldenSpec(file=GOLDEN_FILE, count=min(config.golden_set_size, data.rows["test"]), atol=config.golden_atol),
+        golden=GoldenSpec(
+            file=GOLDEN_FILE, count=min(config.golden_set_size, data.rows["test"]), atol=config.golden_atol
+        ),
         files=[],
         lineage=lineage,
         created_at=utc_now_iso(),
@@ -146,8 +148,10 @@ def build_onnxruntime_bundle(
     check_golden(load_engine(staging, threads=config.intra_op_threads, verify_golden=False), staging)
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)
-    log(f"engine bundle {out_dir}: onnxruntime {ort_version}, {config.graph_optimization} optimizations, "
-        f"{len(texts)} golden rows, digest {manifest.digest()[:12]}")
+    log(
+        f"engine bundle {out_dir}: onnxruntime {ort_version}, {config.graph_optimization} optimizations, "
+        f"{len(texts)} golden rows, digest {manifest.digest()[:12]}"
+    )
     return BundleResult(directory=str(out_dir), digest=manifest.digest())
 
 
@@ -165,5 +169,3 @@ def build_engine_task(
     return build_onnxruntime_bundle(
         config, model_name, exported, teacher, data, lineage, Path(out_dir), log=get_run_logger().info
     )
-
-

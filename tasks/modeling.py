@@ -37,7 +37,9 @@ def resolve_encoder(spec: str) -> str:
 
 def pick_device(requested: str) -> torch.device:
     if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("teacher.device is 'cuda' but torch sees no CUDA device (is the CUDA torch build installed?)")
+        raise RuntimeError(
+            "teacher.device is 'cuda' but torch sees no CUDA device (is the CUDA torch build installed?)"
+        )
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)
@@ -100,14 +102,35 @@ class SplitBatches:
     def __len__(self) -> int:
         return len(self.texts)
 
+    def _bucketed_batches(self, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+        """Shuffle, then sort rows by length inside windows of 50 batches so each batch pads little.
+
+        Batches are padded to their longest row; search queries range from 1 to ~20 words, so random
+        batches pay for the longest query in each. Sorting within a window keeps most of the shuffle's
+        randomness; the batch order is shuffled again afterwards.
+        """
+        order = rng.permutation(len(self))
+        lengths = np.array([len(text) + (len(self.pairs[i]) if self.pairs else 0) for i, text in enumerate(self.texts)])
+        window = batch_size * 50
+        batches = []
+        for start in range(0, len(order), window):
+            chunk = order[start : start + window]
+            chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+            batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+        rng.shuffle(batches)
+        return batches
+
     def iterate(
         self, encoder: TextEncoder, batch_size: int, *, shuffle_seed: int | None = None
     ) -> Iterator[tuple[EncodedBatch, np.ndarray]]:
-        order = np.arange(len(self.texts))
-        if shuffle_seed is not None:
-            np.random.default_rng(shuffle_seed).shuffle(order)
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
+        """Batches in row order, or, with ``shuffle_seed``, shuffled and length-bucketed."""
+        if shuffle_seed is None:
+            batches = [
+                np.arange(start, min(start + batch_size, len(self))) for start in range(0, len(self), batch_size)
+            ]
+        else:
+            batches = self._bucketed_batches(batch_size, np.random.default_rng(shuffle_seed))
+        for rows in batches:
             texts = [self.texts[i] for i in rows]
             pairs = [self.pairs[i] for i in rows] if self.pairs is not None else None
             yield encoder.encode(texts, pairs), self.labels[rows]
@@ -117,13 +140,22 @@ class SplitBatches:
 def predict_logits(
     model: torch.nn.Module, split: SplitBatches, encoder: TextEncoder, batch_size: int, device: torch.device
 ) -> np.ndarray:
+    """Logits in row order; rows are batched shortest-first so batches pad little."""
     was_training = model.training
     model.eval()
-    outputs = []
-    for batch, _ in split.iterate(encoder, batch_size):
-        outputs.append(model(**to_torch(batch, device)).logits.float().cpu().numpy())
+    order = np.argsort([len(text) for text in split.texts], kind="stable")
+    logits: np.ndarray | None = None
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        pairs = [split.pairs[i] for i in rows] if split.pairs is not None else None
+        batch = encoder.encode([split.texts[i] for i in rows], pairs)
+        output = model(**to_torch(batch, device)).logits.float().cpu().numpy()
+        if logits is None:
+            logits = np.empty((len(split), output.shape[1]), dtype=np.float32)
+        logits[rows] = output
     model.train(was_training)
-    return np.concatenate(outputs)
+    assert logits is not None, "predict_logits on an empty split"
+    return logits
 
 
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
@@ -179,10 +211,14 @@ def fine_tune(
     seed_everything(config.seed)
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
     groups = [
-        {"params": [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith(no_decay)],
-         "weight_decay": config.weight_decay},
-        {"params": [p for n, p in model.named_parameters() if p.requires_grad and n.endswith(no_decay)],
-         "weight_decay": 0.0},
+        {
+            "params": [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith(no_decay)],
+            "weight_decay": config.weight_decay,
+        },
+        {
+            "params": [p for n, p in model.named_parameters() if p.requires_grad and n.endswith(no_decay)],
+            "weight_decay": 0.0,
+        },
     ]
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
     steps_per_epoch = (len(train) + config.batch_size - 1) // config.batch_size

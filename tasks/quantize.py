@@ -186,13 +186,23 @@ def train_student(
 
     # The calibrated student is the baseline to beat: QAT epochs must improve on it to replace it.
     save_best(student, EpochRecord(0, 0.0, ptq_accuracy, 0.0))
+    # Ties go to the distilled student (it has also been trained towards the teacher's distribution).
     history = fine_tune(
-        student, train, evaluation, encoder, config.training, device, kd_loss, save_best, log, ptq_accuracy
+        student,
+        train,
+        evaluation,
+        encoder,
+        config.training,
+        device,
+        kd_loss,
+        save_best,
+        log,
+        ptq_accuracy - 1e-9,
     )
     best = max(history, key=lambda record: record.eval_accuracy)
-    qat_improved = best.eval_accuracy > ptq_accuracy
+    qat_improved = best.eval_accuracy >= ptq_accuracy
     if not qat_improved:
-        log("QAT did not beat the calibrated model on eval; keeping the calibrated (PTQ) student")
+        log("QAT scored below the calibrated model on eval; keeping the calibrated (PTQ) student")
     result = StudentResult(
         directory=str(out_dir),
         ptq_eval_accuracy=ptq_accuracy,

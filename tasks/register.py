@@ -37,7 +37,7 @@ def resolve_tracking_uri(uri: str) -> str:
     """Make ``sqlite:///relative/path.db`` absolute (and its folder exist) so runs from any cwd agree."""
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        path = Path(uri[len(prefix):]).resolve()
+        path = Path(uri[len(prefix) :]).resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         return prefix + str(path)
     return uri
@@ -91,7 +91,8 @@ def register_bundle(
         experiment.experiment_id
         if experiment is not None
         else client.create_experiment(
-            config.registry.experiment, artifact_location=_artifact_location(config.registry.artifact_location)
+            config.registry.experiment,
+            artifact_location=_artifact_location(config.registry.artifact_location),
         )
     )
     bundle_dir = Path(bundle_dir)
@@ -152,20 +153,31 @@ def register_bundle(
     }
     if gate_failures:
         tags["gate_failures"] = " | ".join(gate_failures)[:5000]
-    for key in ("accuracy_delta_points", "int8_accuracy", "teacher_accuracy", "int8_latency_p50_ms", "speedup_throughput"):
+    for key in (
+        "accuracy_delta_points",
+        "int8_accuracy",
+        "teacher_accuracy",
+        "int8_latency_p50_ms",
+        "speedup_throughput",
+    ):
         if key in metrics:
             tags[key] = f"{metrics[key]:.4f}"
     for key, value in tags.items():
         client.set_model_version_tag(config.model_name, version, key, value)
     client.set_registered_model_alias(config.model_name, CANDIDATE_ALIAS, version)
     log(f"registered models:/{config.model_name}/{version} (alias {CANDIDATE_ALIAS}), run {run_id}")
-    return RegisteredVersion(config.model_name, version, run_id, experiment_id, resolve_tracking_uri(config.registry.tracking_uri))
+    return RegisteredVersion(
+        config.model_name, version, run_id, experiment_id, resolve_tracking_uri(config.registry.tracking_uri)
+    )
 
 
 def _runtime_requirements() -> list[str]:
     from importlib import metadata
 
-    return [f"{name}=={metadata.version(name)}" for name in ("onnxruntime", "tokenizers", "numpy", "pandas", "pydantic", "mlflow")]
+    return [
+        f"{name}=={metadata.version(name)}"
+        for name in ("onnxruntime", "tokenizers", "numpy", "pandas", "pydantic", "mlflow")
+    ]
 
 
 def promote(config: RegistryConfig, registered: RegisteredVersion, published_uri: str, log=print) -> None:
@@ -186,11 +198,20 @@ def current_alias_version(config: RegistryConfig, model_name: str, alias: str) -
 
 @task(name="register-mlflow", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=5)
 def register_task(
-    config: PipelineConfig, bundle_dir: str, metrics: dict[str, float], gate_failures: list[str],
-    artifacts: list[str], flow_run_id: str | None,
+    config: PipelineConfig,
+    bundle_dir: str,
+    metrics: dict[str, float],
+    gate_failures: list[str],
+    artifacts: list[str],
+    flow_run_id: str | None,
 ) -> RegisteredVersion:
     return register_bundle(
-        config, Path(bundle_dir), metrics, gate_failures, [Path(a) for a in artifacts], flow_run_id,
+        config,
+        Path(bundle_dir),
+        metrics,
+        gate_failures,
+        [Path(a) for a in artifacts],
+        flow_run_id,
         log=get_run_logger().info,
     )
 
@@ -198,5 +219,3 @@ def register_task(
 @task(name="promote-champion", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=5)
 def promote_task(config: RegistryConfig, registered: RegisteredVersion, published_uri: str) -> None:
     promote(config, registered, published_uri, log=get_run_logger().info)
-
-

@@ -74,8 +74,10 @@ def train_teacher(config: TeacherConfig, data: PreparedData, out_dir: Path, log=
     train = SplitBatches.from_dataset(splits["train"])
     evaluation = SplitBatches.from_dataset(splits["eval"])
     model = build_classifier(config, len(data.labels), dict(enumerate(data.labels))).to(device)
-    log(f"teacher: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters on {device}, "
-        f"{len(train)} train / {len(evaluation)} eval rows")
+    log(
+        f"teacher: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters on {device}, "
+        f"{len(train)} train / {len(evaluation)} eval rows"
+    )
 
     def cross_entropy(model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.cross_entropy(model(**inputs).logits, labels)

@@ -91,8 +91,11 @@ class SpeedMeasurement:
 
 
 def measure_speed(
-    name: str, run: Callable[[EncodedBatch], object], latency_batches: list[EncodedBatch],
-    throughput_batches: list[EncodedBatch], config: ValidateConfig,
+    name: str,
+    run: Callable[[EncodedBatch], object],
+    latency_batches: list[EncodedBatch],
+    throughput_batches: list[EncodedBatch],
+    config: ValidateConfig,
 ) -> SpeedMeasurement:
     for batch in (latency_batches + throughput_batches)[: config.warmup_iterations + 1]:
         run(batch)
@@ -222,7 +225,12 @@ def render_markdown(report: ValidationReport, model_name: str) -> str:
 
 
 def validate_engine(
-    config: ValidateConfig, bundle_dir: Path, teacher: TeacherResult, data: PreparedData, out_dir: Path, log=print
+    config: ValidateConfig,
+    bundle_dir: Path,
+    teacher: TeacherResult,
+    data: PreparedData,
+    out_dir: Path,
+    log=print,
 ) -> ValidationReport:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -234,7 +242,9 @@ def validate_engine(
     encoder = engine.encoder
 
     teacher_logits = predict_logits(teacher_model, test, encoder, 128, cpu)
-    engine_logits = np.concatenate([engine.run(batch) for batch, _ in test.iterate(encoder, engine.manifest.max_batch_size)])
+    engine_logits = np.concatenate(
+        [engine.run(batch) for batch, _ in test.iterate(encoder, engine.manifest.max_batch_size)]
+    )
     teacher_pred, engine_pred = teacher_logits.argmax(-1), engine_logits.argmax(-1)
     num_labels = len(data.labels)
 

@@ -45,9 +45,7 @@ def make_bundle(
     bundle_dir.mkdir(parents=True, exist_ok=True)
     (bundle_dir / "model.qdq.onnx").write_bytes(_pseudo_random_bytes(f"onnx-{variant}", 2048))
     (bundle_dir / "engine").mkdir(exist_ok=True)
-    (bundle_dir / "engine" / "model.int8.onnx").write_bytes(
-        _pseudo_random_bytes(f"engine-{variant}", engine_bytes)
-    )
+    (bundle_dir / "engine" / "model.int8.onnx").write_bytes(_pseudo_random_bytes(f"engine-{variant}", engine_bytes))
     tokenizer_dir = bundle_dir / "tokenizer"
     tokenizer_dir.mkdir(exist_ok=True)
     vocab = {token: index for index, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "buy", "how"])}

@@ -23,7 +23,9 @@ INTENT_WORDS = {
 PLACES = ["paris", "nyc", "berlin", "tokyo", "lima", "oslo"]
 
 
-def write_intent_dataset(directory: Path, train: int = 360, evaluation: int = 60, test: int = 60, seed: int = 0) -> Path:
+def write_intent_dataset(
+    directory: Path, train: int = 360, evaluation: int = 60, test: int = 60, seed: int = 0
+) -> Path:
     """A small learnable 3-intent query dataset as train/eval/test jsonl files."""
     rng = random.Random(seed)
     directory.mkdir(parents=True, exist_ok=True)
@@ -31,7 +33,7 @@ def write_intent_dataset(directory: Path, train: int = 360, evaluation: int = 60
         with (directory / f"{split}.jsonl").open("w") as handle:
             for _ in range(count):
                 label = rng.choice(sorted(INTENT_WORDS))
-                words = rng.sample(INTENT_WORDS[label], 2) + [rng.choice(PLACES)]
+                words = [*rng.sample(INTENT_WORDS[label], 2), rng.choice(PLACES)]
                 rng.shuffle(words)
                 handle.write(json.dumps({"text": " ".join(words), "label": label}) + "\n")
     return directory
@@ -44,11 +46,19 @@ def tiny_config_mapping(data_dir: Path, work_dir: Path, **sections) -> dict:
         "work_dir": str(work_dir / "runs"),
         "data": {"source": str(data_dir)},
         "teacher": {
-            "random_init": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64},
+            "random_init": {
+                "hidden_size": 32,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "intermediate_size": 64,
+            },
             "max_seq_length": 16,
             "training": {"epochs": 6, "batch_size": 16, "learning_rate": 3e-3, "warmup_ratio": 0.0},
         },
-        "quantize": {"calibration_batches": 4, "training": {"epochs": 1, "batch_size": 16, "learning_rate": 1e-4}},
+        "quantize": {
+            "calibration_batches": 4,
+            "training": {"epochs": 1, "batch_size": 16, "learning_rate": 1e-4},
+        },
         "export": {"parity_rows": 60},
         "engine": {"golden_set_size": 8},
         "validate": {"timing_iterations": 6, "warmup_iterations": 1, "bootstrap_samples": 200},
@@ -93,6 +103,13 @@ def tiny_build(tmp_path_factory) -> TinyBuild:
     exported = export_student(config.export, student, teacher, data, root / "export", log=lambda _: None)
     lineage = Lineage(data_fingerprint=data.fingerprint, config_hash=config.config_hash(), code_version="test")
     bundle = build_onnxruntime_bundle(
-        config.engine, config.model_name, exported, teacher, data, lineage, root / "bundle", log=lambda _: None
+        config.engine,
+        config.model_name,
+        exported,
+        teacher,
+        data,
+        lineage,
+        root / "bundle",
+        log=lambda _: None,
     )
     return TinyBuild(config, data, teacher, student, exported, Path(bundle.directory))

@@ -49,7 +49,7 @@ def test_wrong_type_names_key_expected_type_and_value(tmp_path):
 
 def test_string_number_is_not_silently_coerced(tmp_path):
     path = write(tmp_path, BASE + "teacher:\n  max_seq_length: '64'\n")
-    with pytest.raises(ConfigError, match="teacher.max_seq_length"):
+    with pytest.raises(ConfigError, match=r"teacher\.max_seq_length"):
         load_config(path)
 
 
@@ -81,7 +81,7 @@ def test_override_errors_are_reported(tmp_path):
         load_config(path, ["teacher.training.epochs"])
     with pytest.raises(ConfigError, match="model_name is a value, not a section"):
         load_config(path, ["model_name.x=1"])
-    with pytest.raises(ConfigError, match="teacher.training.epochs"):
+    with pytest.raises(ConfigError, match=r"teacher\.training\.epochs"):
         load_config(path, ["teacher.training.epochs=-1"])
 
 

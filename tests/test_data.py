@@ -155,7 +155,7 @@ def test_missing_path_and_unknown_type(tmp_path):
 def test_malformed_file_is_reported_with_path(tmp_path):
     path = tmp_path / "broken.jsonl"
     path.write_text('{"query": "a", "intent": "x"}\n{not json\n')
-    with pytest.raises(DataError, match="broken.jsonl"):
+    with pytest.raises(DataError, match=r"broken\.jsonl"):
         prepare_data(config(path), tmp_path / "out")
 
 

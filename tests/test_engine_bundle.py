@@ -94,7 +94,7 @@ def test_golden_mismatch_is_refused(bundle):
 def test_other_onnxruntime_version_is_refused(tiny_build):
     manifest = read_manifest(tiny_build.bundle_dir)
     check_compatible(manifest, manifest.runtime.onnxruntime_version)
-    with pytest.raises(IncompatibleBundleError, match="built with onnxruntime .* this machine has 1.99.0"):
+    with pytest.raises(IncompatibleBundleError, match=r"built with onnxruntime .* this machine has 1\.99\.0"):
         check_compatible(manifest, "1.99.0")
 
 

@@ -38,7 +38,10 @@ def run_flow(workspace, seaweedfs, **sections):
 
     root, data_dir = workspace
     mapping = tiny_config_mapping(data_dir, root, **sections)
-    mapping["publish"] = {"channel": "production", "store": seaweedfs.settings(create_bucket=True).model_dump(mode="json")}
+    mapping["publish"] = {
+        "channel": "production",
+        "store": seaweedfs.settings(create_bucket=True).model_dump(mode="json"),
+    }
     config = config_from_mapping(mapping, "e2e config")
     return config, train_to_deploy(config=config)
 
@@ -50,13 +53,22 @@ def object_bytes(client, bucket, key):
 @pytest.fixture(scope="module")
 def runs(prefect_harness, workspace, seaweedfs):
     first = run_flow(workspace, seaweedfs)
-    second = run_flow(workspace, seaweedfs, teacher={"training": {"epochs": 6, "batch_size": 16, "learning_rate": 3e-3, "warmup_ratio": 0.0, "seed": 7}})
+    second = run_flow(
+        workspace,
+        seaweedfs,
+        teacher={"training": {"epochs": 6, "batch_size": 16, "learning_rate": 3e-3, "warmup_ratio": 0.0, "seed": 7}},
+    )
     # A collapsed teacher (learning rate far too small) cannot clear the absolute accuracy floor.
     failed = run_flow(
         workspace,
         seaweedfs,
         teacher={"training": {"epochs": 1, "batch_size": 16, "learning_rate": 1e-7, "warmup_ratio": 0.0}},
-        validate={"timing_iterations": 6, "warmup_iterations": 1, "bootstrap_samples": 200, "min_accuracy": 0.9},
+        validate={
+            "timing_iterations": 6,
+            "warmup_iterations": 1,
+            "bootstrap_samples": 200,
+            "min_accuracy": 0.9,
+        },
     )
     return first, second, failed
 
@@ -125,10 +137,16 @@ def test_failed_gate_leaves_champion_and_pointer_and_says_why(runs, seaweedfs):
     assert any(reason.startswith("min_accuracy:") for reason in failed.failure_reasons)
     assert failed.published_uri is None
     store = ObjectStore(config.publish.store)
-    assert store.read_channel(config.model_name, "production").version == second.published_uri.rstrip("/").rsplit("/", 1)[-1]
+    assert (
+        store.read_channel(config.model_name, "production").version
+        == second.published_uri.rstrip("/").rsplit("/", 1)[-1]
+    )
     assert len(store.list_versions(config.model_name)) == 2
     registry = client_for(config.registry)
-    assert f"models:/{config.model_name}/{registry.get_model_version_by_alias(config.model_name, 'champion').version}" == second.mlflow_model_uri
+    assert (
+        f"models:/{config.model_name}/{registry.get_model_version_by_alias(config.model_name, 'champion').version}"
+        == second.mlflow_model_uri
+    )
     failed_version = registry.get_model_version_by_alias(config.model_name, "candidate")
     assert f"models:/{config.model_name}/{failed_version.version}" == failed.mlflow_model_uri
     assert failed_version.tags["gates_passed"] == "false"

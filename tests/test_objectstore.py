@@ -46,9 +46,7 @@ def _keys(seaweedfs: LocalS3, prefix: str) -> list[str]:
     return sorted(item["Key"] for item in response.get("Contents", []))
 
 
-def test_publish_uploads_and_verifies_every_file(
-    store: ObjectStore, bundle: Path, seaweedfs: LocalS3
-) -> None:
+def test_publish_uploads_and_verifies_every_file(store: ObjectStore, bundle: Path, seaweedfs: LocalS3) -> None:
     manifest = verify_bundle(bundle)
 
     published = store.publish_version(MODEL, "v1", bundle, manifest)
@@ -101,9 +99,7 @@ def test_different_content_under_an_existing_version_is_refused(
     assert store.verify_version(MODEL, "v1", read_back=True).digest() == original.bundle_digest
 
 
-def test_interrupted_publish_leaves_the_version_invisible(
-    store: ObjectStore, bundle: Path, seaweedfs: LocalS3
-) -> None:
+def test_interrupted_publish_leaves_the_version_invisible(store: ObjectStore, bundle: Path, seaweedfs: LocalS3) -> None:
     # Another writer's object already sits at one of the keys: the upload stops midway.
     seaweedfs.raw_client().put_object(
         Bucket=seaweedfs.bucket, Key=store.version_prefix(MODEL, "v2") + "golden.json", Body=b"{}"
@@ -119,9 +115,7 @@ def test_interrupted_publish_leaves_the_version_invisible(
     assert store.read_channel(MODEL, "production") is None
 
 
-def test_a_bundle_that_fails_verification_is_not_uploaded(
-    store: ObjectStore, bundle: Path, seaweedfs: LocalS3
-) -> None:
+def test_a_bundle_that_fails_verification_is_not_uploaded(store: ObjectStore, bundle: Path, seaweedfs: LocalS3) -> None:
     (bundle / "golden.json").write_text('{"tampered": true}')
 
     with pytest.raises(BundleError, match=r"golden\.json"):
@@ -285,16 +279,12 @@ def test_unreachable_endpoint_names_the_endpoint_and_what_to_do(seaweedfs: Local
     assert endpoint in message and f"'{seaweedfs.bucket}'" in message and "infra.localstack up" in message
 
 
-def test_wrong_credentials_are_reported_without_the_secret(
-    seaweedfs: LocalS3, bundle: Path, tmp_path: Path
-) -> None:
+def test_wrong_credentials_are_reported_without_the_secret(seaweedfs: LocalS3, bundle: Path, tmp_path: Path) -> None:
     real = seaweedfs.credentials_file.read_text()
     access_key = re.search(r"aws_access_key_id = (\S+)", real).group(1)  # type: ignore[union-attr]
     wrong_secret = "not-the-secret-" + "x" * 20
     wrong = tmp_path / "wrong-credentials"
-    wrong.write_text(
-        f"[{LOCAL_PROFILE}]\naws_access_key_id = {access_key}\naws_secret_access_key = {wrong_secret}\n"
-    )
+    wrong.write_text(f"[{LOCAL_PROFILE}]\naws_access_key_id = {access_key}\naws_secret_access_key = {wrong_secret}\n")
     store = ObjectStore(seaweedfs.settings(credentials_file=wrong))
 
     with pytest.raises(CredentialsError) as on_read:
@@ -309,9 +299,7 @@ def test_wrong_credentials_are_reported_without_the_secret(
         assert "credentials" in message and wrong_secret not in message
 
 
-def test_unknown_access_key_and_missing_profile_are_credential_errors(
-    seaweedfs: LocalS3, tmp_path: Path
-) -> None:
+def test_unknown_access_key_and_missing_profile_are_credential_errors(seaweedfs: LocalS3, tmp_path: Path) -> None:
     unknown = tmp_path / "unknown-key"
     unknown.write_text(f"[{LOCAL_PROFILE}]\naws_access_key_id = NOSUCHKEY\naws_secret_access_key = x\n")
 
@@ -343,9 +331,7 @@ def test_settings_reject_bad_names_and_endpoints(store: ObjectStore) -> None:
         store.version_prefix(MODEL, "../escape")
 
 
-def test_pointer_records_the_published_digest_without_the_local_bundle(
-    store: ObjectStore, bundle: Path
-) -> None:
+def test_pointer_records_the_published_digest_without_the_local_bundle(store: ObjectStore, bundle: Path) -> None:
     # The store never reads the local bundle again after publishing: deleting it changes nothing.
     published = store.publish_version(MODEL, "v1", bundle)
     shutil.rmtree(bundle)

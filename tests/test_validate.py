@@ -35,8 +35,13 @@ def test_mcnemar_exact_values():
 
 @pytest.mark.parametrize(
     ("teacher", "engine", "max_drop", "passed"),
-    [(0.90, 0.90, 1.0, True), (0.90, 0.891, 1.0, True), (0.90, 0.889, 1.0, False), (0.90, 0.95, 0.0, True),
-     (0.90, 0.8999, 0.0, False)],
+    [
+        (0.90, 0.90, 1.0, True),
+        (0.90, 0.891, 1.0, True),
+        (0.90, 0.889, 1.0, False),
+        (0.90, 0.95, 0.0, True),
+        (0.90, 0.8999, 0.0, False),
+    ],
 )
 def test_accuracy_gate(teacher, engine, max_drop, passed):
     decision = accuracy_gate(teacher, engine, max_drop)
