@@ -103,7 +103,7 @@ class SplitBatches:
         return len(self.texts)
 
     def _bucketed_batches(self, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-        """Shuffle, then sort rows by length inside windows of 50 batches so each batch pads little.
+        """Shuffle, then group rows by length inside windows of 50 batches so each batch pads little.
 
         Batches are padded to their longest row; search queries range from 1 to ~20 words, so random
         batches pay for the longest query in each. Sorting within a window keeps most of the shuffle's
@@ -111,11 +111,14 @@ class SplitBatches:
         """
         order = rng.permutation(len(self))
         lengths = np.array([len(text) + (len(self.pairs[i]) if self.pairs else 0) for i, text in enumerate(self.texts)])
+        # Coarse buckets (~4 word pieces of 4 characters) rather than an exact sort: rows of one bucket stay
+        # in shuffled order, so a batch does not become one class where query length correlates with class.
+        buckets = lengths // 16
         window = batch_size * 50
         batches = []
         for start in range(0, len(order), window):
             chunk = order[start : start + window]
-            chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+            chunk = chunk[np.argsort(buckets[chunk], kind="stable")]
             batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
         rng.shuffle(batches)
         return batches

@@ -53,7 +53,7 @@ def tiny_config_mapping(data_dir: Path, work_dir: Path, **sections) -> dict:
                 "intermediate_size": 64,
             },
             "max_seq_length": 16,
-            "training": {"epochs": 6, "batch_size": 16, "learning_rate": 3e-3, "warmup_ratio": 0.0},
+            "training": {"epochs": 10, "batch_size": 16, "learning_rate": 1e-3, "warmup_ratio": 0.1},
         },
         "quantize": {
             "calibration_batches": 4,

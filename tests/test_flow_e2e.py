@@ -56,7 +56,7 @@ def runs(prefect_harness, workspace, seaweedfs):
     second = run_flow(
         workspace,
         seaweedfs,
-        teacher={"training": {"epochs": 6, "batch_size": 16, "learning_rate": 3e-3, "warmup_ratio": 0.0, "seed": 7}},
+        teacher={"training": {"epochs": 10, "batch_size": 16, "learning_rate": 1e-3, "warmup_ratio": 0.1, "seed": 7}},
     )
     # A collapsed teacher (learning rate far too small) cannot clear the absolute accuracy floor.
     failed = run_flow(
