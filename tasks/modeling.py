@@ -57,8 +57,13 @@ def build_classifier(config: TeacherConfig, num_labels: int, id2label: dict[int,
     source = resolve_encoder(config.encoder)
     if config.random_init is not None:
         return _random_bert(config.random_init, source, num_labels, id2label, config.max_seq_length)
+    # dtype pinned: the teacher is the FP32 reference even when a checkpoint is stored in fp16/bf16.
     return AutoModelForSequenceClassification.from_pretrained(
-        source, num_labels=num_labels, id2label=id2label, label2id={v: k for k, v in id2label.items()}
+        source,
+        num_labels=num_labels,
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+        dtype=torch.float32,
     )
 
 
