@@ -67,6 +67,16 @@ def command_run(arguments: argparse.Namespace) -> int:
     return 0 if summary.promoted else 3
 
 
+def command_serve(arguments: argparse.Namespace) -> int:
+    config = _load(arguments.config, arguments.set)
+    from prefect import serve
+
+    from flows.deployments import build_deployment
+
+    serve(build_deployment(config, arguments.name, arguments.cron))
+    return 0
+
+
 def command_check_config(arguments: argparse.Namespace) -> int:
     for path in arguments.paths:
         config = _load(path, arguments.set)
@@ -94,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     run.set_defaults(handler=command_run)
+
+    serve = commands.add_parser("serve", help="serve train_to_deploy as a Prefect deployment (schedule + UI runs)")
+    serve.add_argument("--config", default=DEFAULT_CONFIG)
+    serve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    serve.add_argument("--name", default="retrain", help="deployment name (default retrain)")
+    serve.add_argument("--cron", default=None, help='schedule, e.g. "0 3 * * *"; none = manual runs only')
+    serve.set_defaults(handler=command_serve)
 
     check = commands.add_parser("check-config", help="validate config files")
     check.add_argument("paths", nargs="+")

@@ -73,6 +73,15 @@ def tiny_config_mapping(data_dir: Path, work_dir: Path, **sections) -> dict:
     return mapping
 
 
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server for the whole session (~10 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
 @dataclass(frozen=True)
 class TinyBuild:
     config: object
