@@ -62,7 +62,7 @@ format: venv
 	$(VENV)/bin/ruff check --fix .
 
 typecheck: venv
-	$(VENV)/bin/mypy enginekit
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(STATE)/runs

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 
 from enginekit.runtime import EngineRuntime, classify, load_engine
 
@@ -43,7 +43,7 @@ def texts_from_input(model_input: Any) -> tuple[list[str], list[str] | None]:
     return texts, pairs
 
 
-class EngineModel(mlflow.pyfunc.PythonModel):
+class EngineModel(PythonModel):
     def load_context(self, context: Any) -> None:
         self._engine: EngineRuntime = load_engine(Path(context.artifacts[BUNDLE_ARTIFACT]))
 
