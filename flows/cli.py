@@ -60,9 +60,18 @@ def _print_summary(summary, store_endpoint: str | None) -> None:
 
 def command_run(arguments: argparse.Namespace) -> int:
     config = _load(arguments.config, arguments.set)
+    from enginekit.bundle import BundleError
+    from enginekit.objectstore import ObjectStoreError
     from flows.train_to_deploy import train_to_deploy
+    from tasks.data import DataError
+    from tasks.export import ExportError
 
-    summary = train_to_deploy(config=config)
+    try:
+        summary = train_to_deploy(config=config)
+    except (DataError, ExportError, BundleError, ObjectStoreError) as error:
+        # Prefect has logged the traceback with the failed task; the user gets what and where.
+        print(f"\nerror: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
     _print_summary(summary, config.publish.store.endpoint_url)
     return 0 if summary.promoted else 3
 

@@ -19,9 +19,9 @@ from tasks.engine_build import build_engine_task
 from tasks.export import export_task
 from tasks.publish import publish_task
 from tasks.quantize import train_student_task
-from tasks.register import CHAMPION_ALIAS, promote_task, register_task
+from tasks.register import CHAMPION_ALIAS, RegisteredVersion, promote_task, register_task
 from tasks.teacher import train_teacher_task
-from tasks.validate import validate_task
+from tasks.validate import ValidationReport, validate_task
 
 
 @dataclass
@@ -45,6 +45,28 @@ class PipelineSummary:
     channel_uri: str | None = None
     previous_version: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of_validation(
+        cls, model_name: str, bundle_dir: str, report: ValidationReport, registered: RegisteredVersion
+    ) -> PipelineSummary:
+        """The summary as it stands after registration; publish/promote fill in the rest."""
+        return cls(
+            model_name=model_name,
+            promoted=False,
+            failure_reasons=report.failure_reasons,
+            teacher_accuracy=report.teacher_accuracy,
+            int8_accuracy=report.engine_accuracy,
+            accuracy_delta_points=report.comparison.delta_points,
+            agreement_with_teacher=report.comparison.agreement,
+            speedup_latency=report.speedup_latency,
+            speedup_throughput=report.speedup_throughput,
+            mlflow_model_uri=registered.uri,
+            mlflow_run_id=registered.run_id,
+            tracking_uri=registered.tracking_uri,
+            bundle_dir=bundle_dir,
+            report_markdown=report.report_markdown,
+        )
 
 
 def _quiet_libraries() -> None:
@@ -92,22 +114,7 @@ def train_to_deploy(config: PipelineConfig) -> PipelineSummary:
         [report.report_json, report.report_markdown],
         flow_run_id,
     )
-    summary = PipelineSummary(
-        model_name=config.model_name,
-        promoted=False,
-        failure_reasons=report.failure_reasons,
-        teacher_accuracy=report.teacher_accuracy,
-        int8_accuracy=report.engine_accuracy,
-        accuracy_delta_points=report.comparison.delta_points,
-        agreement_with_teacher=report.comparison.agreement,
-        speedup_latency=report.speedup_latency,
-        speedup_throughput=report.speedup_throughput,
-        mlflow_model_uri=registered.uri,
-        mlflow_run_id=registered.run_id,
-        tracking_uri=registered.tracking_uri,
-        bundle_dir=bundle.directory,
-        report_markdown=report.report_markdown,
-    )
+    summary = PipelineSummary.of_validation(config.model_name, bundle.directory, report, registered)
     if not report.passed:
         get_run_logger().warning(
             "gates failed; champion and channel pointer left where they were: " + "; ".join(report.failure_reasons)

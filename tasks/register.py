@@ -107,17 +107,17 @@ def register_bundle(
         params = {key: value for key, value in params.items() if "credentials" not in key}
         mlflow.log_params({key: str(value)[:500] for key, value in params.items()})
         mlflow.log_metrics(metrics)
-        mlflow.set_tags(
-            {
-                "backend": manifest.backend,
-                "precision": manifest.precision,
-                "bundle_digest": manifest.digest(),
-                "data_fingerprint": lineage.data_fingerprint,
-                "config_hash": lineage.config_hash,
-                "code_version": lineage.code_version,
-                "gates_passed": str(not gate_failures).lower(),
-            }
-        )
+        # The same facts tag the run and (below) the model version, so either can be searched.
+        lineage_tags = {
+            "backend": manifest.backend,
+            "precision": manifest.precision,
+            "bundle_digest": manifest.digest(),
+            "data_fingerprint": lineage.data_fingerprint,
+            "config_hash": lineage.config_hash,
+            "code_version": lineage.code_version,
+            "gates_passed": str(not gate_failures).lower(),
+        }
+        mlflow.set_tags(lineage_tags)
         for path in artifacts:
             mlflow.log_artifact(str(path), artifact_path="reports")
         # Single-text models take a plain list of strings (one unnamed string column); pair models a
@@ -141,16 +141,7 @@ def register_bundle(
             registered_model_name=config.model_name,
         )
     version = str(info.registered_model_version)
-    tags = {
-        "backend": manifest.backend,
-        "precision": manifest.precision,
-        "bundle_digest": manifest.digest(),
-        "data_fingerprint": lineage.data_fingerprint,
-        "config_hash": lineage.config_hash,
-        "code_version": lineage.code_version,
-        "mlflow_run_id": run_id,
-        "gates_passed": str(not gate_failures).lower(),
-    }
+    tags = {**lineage_tags, "mlflow_run_id": run_id}
     if gate_failures:
         tags["gate_failures"] = " | ".join(gate_failures)[:5000]
     for key in (
