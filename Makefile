@@ -12,7 +12,6 @@ S3_PORT ?= 8333
 # Local stack environment for the embedded default (no secrets here: the S3 key lives in $(STATE)/stack).
 export PREFECT_HOME := $(abspath $(STATE))/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export PREFECT_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
@@ -44,8 +43,10 @@ stack-down: venv
 stack-status: venv
 	$(PY) -m infra.localstack status --state-dir $(STATE)/stack
 
+# The run talks to the stack's Prefect server unless PREFECT_API_URL already names another one.
 run: stack-up
-	$(VENV)/bin/int8-pipeline run --config $(CONFIG) $(ARGS)
+	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$(PREFECT_PORT)/api} \
+		$(VENV)/bin/int8-pipeline run --config $(CONFIG) $(ARGS)
 
 test: venv
 	$(PY) -m pytest $(ARGS)

@@ -58,8 +58,29 @@ def _print_summary(summary, store_endpoint: str | None) -> None:
     print("=" * 78)
 
 
+def _check_prefect_api() -> None:
+    """Fail in a second, with what to do, instead of a client traceback deep inside the flow call."""
+    import urllib.error
+    import urllib.request
+
+    api = os.environ.get("PREFECT_API_URL")
+    if not api:
+        return  # Prefect starts a temporary local server for this run
+    try:
+        with urllib.request.urlopen(f"{api.rstrip('/')}/health", timeout=5):  # noqa: S310 - URL from the user's env
+            return
+    except (urllib.error.URLError, OSError) as error:
+        print(
+            f"error: Prefect API {api} is unreachable ({error}). Start the local stack with `make stack-up`, "
+            "point PREFECT_API_URL at your Prefect server, or unset it to use a temporary local server.",
+            file=sys.stderr,
+        )
+        raise SystemExit(1) from None
+
+
 def command_run(arguments: argparse.Namespace) -> int:
     config = _load(arguments.config, arguments.set)
+    _check_prefect_api()
     from enginekit.bundle import BundleError
     from enginekit.objectstore import ObjectStoreError
     from flows.train_to_deploy import train_to_deploy
