@@ -28,6 +28,13 @@ HISTOGRAM_VARIANTS = (
 
 
 def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    with torch.no_grad():  # scoped: the caller (a test session, a notebook) keeps its autograd state
+        return _compare(argv)
+
+
+def _compare(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--calibration-batches", type=int, default=16)
@@ -56,7 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     data = PreparedData(**json.loads((run / "data" / "data.json").read_text()))
     teacher = TeacherResult(**json.loads((run / "teacher" / "teacher.json").read_text()))
     student = StudentResult(**json.loads((run / "student" / "quantize.json").read_text()))
-    torch.set_grad_enabled(False)
     cpu = torch.device("cpu")
     encoder = TextEncoder(teacher.tokenizer_dir, teacher.max_seq_length)
     splits = data.load()

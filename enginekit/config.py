@@ -84,6 +84,8 @@ class TrainingConfig(_Section):
     max_grad_norm: float = Field(default=1.0, gt=0.0)
     eval_batch_size: int = Field(default=128, gt=0)
     seed: int = 42
+    early_stopping_patience: int | None = Field(default=None, gt=0)
+    """Stop after this many epochs without a better eval accuracy; None trains every epoch."""
 
 
 class TeacherConfig(_Section):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -195,6 +195,36 @@ class EpochRecord:
     seconds: float
 
 
+TRAINER_STATE_FILE = "trainer.pt"
+
+
+def _save_trainer_state(directory: Path, state: dict) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    staging = directory / f".{TRAINER_STATE_FILE}.partial"
+    torch.save(state, staging)
+    staging.replace(directory / TRAINER_STATE_FILE)
+
+
+def _load_trainer_state(directory: Path | None, fingerprint: str) -> dict | None:
+    """The last epoch's state if it belongs to this same training job, else None."""
+    if directory is None or not (directory / TRAINER_STATE_FILE).is_file():
+        return None
+    state = torch.load(directory / TRAINER_STATE_FILE, map_location="cpu", weights_only=False)
+    return state if state.get("fingerprint") == fingerprint else None
+
+
+def can_resume(checkpoint_dir: Path, job_fingerprint: str) -> bool:
+    return _load_trainer_state(checkpoint_dir, job_fingerprint) is not None
+
+
+def job_fingerprint(*parts: object) -> str:
+    """Identity of a training job (config, data, starting weights): a checkpoint resumes only its own job."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def fine_tune(
     model: torch.nn.Module,
     train: SplitBatches,
@@ -206,11 +236,16 @@ def fine_tune(
     save_best: Callable[[torch.nn.Module, EpochRecord], None],
     log: Callable[[str], None] = print,
     baseline_accuracy: float = -1.0,
+    checkpoint_dir: Path | None = None,
+    job_fingerprint: str = "",
 ) -> list[EpochRecord]:
     """AdamW + linear warmup/decay, eval each epoch, ``save_best`` on every improvement. Seeded.
 
     One loop for the teacher and the QAT student: they differ only in ``loss_function``. An epoch is
-    saved only if it beats ``baseline_accuracy`` and every earlier epoch.
+    saved only if it beats ``baseline_accuracy`` and every earlier epoch. With ``checkpoint_dir`` the
+    whole trainer state (weights, optimizer, schedule, RNG, history) is written after every epoch, and a
+    later call for the same job (equal ``job_fingerprint``: same config, data and starting model)
+    continues after the last finished epoch instead of starting over: a retried task resumes.
     """
     import time
 
@@ -234,7 +269,22 @@ def fine_tune(
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     history: list[EpochRecord] = []
     best_accuracy = baseline_accuracy
-    for epoch in range(1, config.epochs + 1):
+    stale_epochs = 0
+    first_epoch = 1
+    resumed = _load_trainer_state(checkpoint_dir, job_fingerprint)
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        torch.set_rng_state(resumed["torch_rng"])
+        history = [EpochRecord(**record) for record in resumed["history"]]
+        best_accuracy, stale_epochs = resumed["best_accuracy"], resumed["stale_epochs"]
+        first_epoch = resumed["epoch"] + 1
+        log(f"resuming after epoch {resumed['epoch']} from {checkpoint_dir}")
+    for epoch in range(first_epoch, config.epochs + 1):
+        if config.early_stopping_patience is not None and stale_epochs >= config.early_stopping_patience:
+            log(f"early stop: no eval improvement for {stale_epochs} epoch(s)")
+            break
         started = time.perf_counter()
         model.train()
         losses = []
@@ -261,6 +311,24 @@ def fine_tune(
         )
         if record.eval_accuracy > best_accuracy:
             best_accuracy = record.eval_accuracy
+            stale_epochs = 0
             save_best(model, record)
+        else:
+            stale_epochs += 1
+        if checkpoint_dir is not None:
+            _save_trainer_state(
+                checkpoint_dir,
+                {
+                    "fingerprint": job_fingerprint,
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "history": [asdict(r) for r in history],
+                    "best_accuracy": best_accuracy,
+                    "stale_epochs": stale_epochs,
+                },
+            )
     model.eval()
     return history

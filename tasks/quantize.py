@@ -27,7 +27,7 @@ import torch.nn.functional as F  # noqa: N812 - the conventional alias
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from enginekit.bundle import write_json_atomic
+from enginekit.bundle import sha256_file, write_json_atomic
 from enginekit.config import QuantizeConfig
 from enginekit.tokenization import TextEncoder
 from tasks.data import PreparedData
@@ -35,7 +35,9 @@ from tasks.modeling import (
     EpochRecord,
     SplitBatches,
     accuracy,
+    can_resume,
     fine_tune,
+    job_fingerprint,
     predict_logits,
     seed_everything,
     to_torch,
@@ -43,6 +45,7 @@ from tasks.modeling import (
 from tasks.teacher import TeacherResult
 
 STUDENT_FILE = "student.pth"
+WEIGHTS_FILE = "model.safetensors"  # what transformers save_pretrained writes for the teacher
 
 
 HISTOGRAM_METHODS = ("percentile", "mse", "entropy")
@@ -231,8 +234,13 @@ def train_student(
         mto.save(model, str(staging))
         staging.replace(checkpoint)
 
-    # The calibrated student is the baseline to beat: QAT epochs must improve on it to replace it.
-    save_best(student, EpochRecord(0, 0.0, ptq_accuracy, 0.0))
+    checkpoint_dir = out_dir / "checkpoint"
+    job = job_fingerprint(
+        "kd-qat", config.model_dump(mode="json"), data.fingerprint, sha256_file(teacher_result.model_dir / WEIGHTS_FILE)
+    )
+    if not can_resume(checkpoint_dir, job):
+        # The calibrated student is the baseline to beat: QAT epochs must improve on it to replace it.
+        save_best(student, EpochRecord(0, 0.0, ptq_accuracy, 0.0))
     # Ties go to the distilled student (it has also been trained towards the teacher's distribution).
     history = fine_tune(
         student,
@@ -245,7 +253,10 @@ def train_student(
         save_best,
         log,
         ptq_accuracy - 1e-9,
+        checkpoint_dir=checkpoint_dir,
+        job_fingerprint=job,
     )
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # only needed to resume an interrupted run
     best = max(history, key=lambda record: record.eval_accuracy)
     qat_improved = best.eval_accuracy >= ptq_accuracy
     if not qat_improved:

@@ -27,6 +27,7 @@ from tasks.modeling import (
     SplitBatches,
     build_classifier,
     fine_tune,
+    job_fingerprint,
     pick_device,
     resolve_encoder,
     seed_everything,
@@ -91,7 +92,22 @@ def train_teacher(config: TeacherConfig, data: PreparedData, out_dir: Path, log=
         shutil.rmtree(model_dir, ignore_errors=True)
         staging.rename(model_dir)
 
-    history = fine_tune(model, train, evaluation, encoder, config.training, device, cross_entropy, save_best, log)
+    checkpoint_dir = out_dir / "checkpoint"
+    job = job_fingerprint("teacher", config.model_dump(mode="json"), data.fingerprint)
+    history = fine_tune(
+        model,
+        train,
+        evaluation,
+        encoder,
+        config.training,
+        device,
+        cross_entropy,
+        save_best,
+        log,
+        checkpoint_dir=checkpoint_dir,
+        job_fingerprint=job,
+    )
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # only needed to resume an interrupted run
     best = max(history, key=lambda record: record.eval_accuracy)
     result = TeacherResult(
         directory=str(out_dir),

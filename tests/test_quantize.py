@@ -126,3 +126,55 @@ def test_histogram_calibration_methods_set_tighter_ranges_than_max(method):
     batch, _ = next(split.iterate(encoder, 8))
     with torch.inference_mode():
         assert torch.isfinite(calibrated(**{k: torch.from_numpy(v) for k, v in batch.as_feed().items()}).logits).all()
+
+
+def test_interrupted_qat_resumes_from_its_checkpoint(tiny_build, tmp_path, monkeypatch):
+    import tasks.quantize as quantize
+    from enginekit.config import TrainingConfig
+
+    training = TrainingConfig(epochs=3, batch_size=16, learning_rate=1e-4, warmup_ratio=0.1)
+    config = tiny_build.config.quantize.model_copy(update={"training": training})
+    silent = lambda _: None  # noqa: E731
+    reference = quantize.train_student(config, tiny_build.teacher, tiny_build.data, tmp_path / "reference", silent)
+
+    # A crash in the third epoch (the process dies mid-step; here: the loss raises).
+    steps_per_epoch = -(-tiny_build.data.rows["train"] // training.batch_size)
+    real_loss, calls = quantize.distillation_loss, {"count": 0}
+
+    def crashing_loss(*args, **kwargs):
+        calls["count"] += 1
+        if calls["count"] > 2 * steps_per_epoch + 3:
+            raise RuntimeError("simulated crash")
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(quantize, "distillation_loss", crashing_loss)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        quantize.train_student(config, tiny_build.teacher, tiny_build.data, tmp_path / "interrupted", silent)
+    assert (tmp_path / "interrupted" / "checkpoint" / "trainer.pt").is_file()
+    monkeypatch.setattr(quantize, "distillation_loss", real_loss)
+
+    messages = []
+    resumed = quantize.train_student(
+        config, tiny_build.teacher, tiny_build.data, tmp_path / "interrupted", messages.append
+    )
+    assert "resuming after epoch 2" in " ".join(messages)
+    assert sum("epoch 1/3" in m or "epoch 2/3" in m for m in messages) == 0  # not trained again
+    assert [record["epoch"] for record in resumed.history] == [1, 2, 3]
+    for before, after in zip(reference.history, resumed.history, strict=True):
+        assert after["train_loss"] == pytest.approx(before["train_loss"], rel=1e-4)
+        assert after["eval_accuracy"] == pytest.approx(before["eval_accuracy"])
+    assert not (tmp_path / "interrupted" / "checkpoint").exists()
+
+
+def test_early_stopping_stops_after_patience(tiny_build, tmp_path):
+    from enginekit.config import TrainingConfig
+    from tasks.quantize import train_student
+
+    # A learning rate of ~0 leaves the calibrated model as it is: epoch 1 ties it (ties count as the
+    # distilled student's win), epochs 2 and 3 are stale, so epochs 4 and 5 never run.
+    training = TrainingConfig(epochs=5, batch_size=16, learning_rate=1e-12, early_stopping_patience=2)
+    config = tiny_build.config.quantize.model_copy(update={"training": training})
+    messages = []
+    result = train_student(config, tiny_build.teacher, tiny_build.data, tmp_path / "s", messages.append)
+    assert [record["epoch"] for record in result.history] == [1, 2, 3]
+    assert any(m.startswith("early stop") for m in messages)
