@@ -66,8 +66,12 @@ def _split_files(directory: Path) -> dict[str, list[str]]:
     return files
 
 
-def _load_raw(config: DataConfig, demo_dir: Path) -> tuple[DatasetDict, str]:
-    """Load the source as a DatasetDict; returns it with a human-readable description of the source."""
+def _load_raw(config: DataConfig, demo_dir: Path, cache_dir: Path) -> tuple[DatasetDict, str]:
+    """Load the source as a DatasetDict; returns it with a human-readable description of the source.
+
+    Local files are converted to Arrow under ``cache_dir`` (the run's own folder), not the user's HF
+    cache: a run leaves nothing behind outside its directory, and two runs never share stale caches.
+    """
     source = config.source
     if source == "demo":
         from tasks.demo_dataset import generate_demo_dataset
@@ -82,7 +86,7 @@ def _load_raw(config: DataConfig, demo_dir: Path) -> tuple[DatasetDict, str]:
             noise_rate=demo.noise_rate,
         )
         data_files = {name: str(path) for name, path in files.items()}
-        return load_dataset("json", data_files=data_files), f"demo dataset ({demo_dir})"
+        return load_dataset("json", data_files=data_files, cache_dir=str(cache_dir)), f"demo dataset ({demo_dir})"
 
     path = Path(source).expanduser()
     fmt = config.format
@@ -120,18 +124,18 @@ def _load_raw(config: DataConfig, demo_dir: Path) -> tuple[DatasetDict, str]:
         if len(builders) != 1:
             raise DataError(f"data source {path}: mixed file formats {sorted(suffixes)}; use one format")
         builder = fmt if fmt != "auto" else builders.pop()
-        return _load_files(builder, data_files, path), f"files in {path}"
+        return _load_files(builder, data_files, path, cache_dir), f"files in {path}"
     builder = fmt if fmt != "auto" else _FILE_FORMATS.get(path.suffix.lower(), "")
     if not builder:
         raise DataError(
             f"data source {path}: unknown file type {path.suffix!r}; use .csv, .tsv, .json, .jsonl or .parquet "
             "or set data.format"
         )
-    return _load_files(builder, {config.train_split: [str(path)]}, path), f"file {path}"
+    return _load_files(builder, {config.train_split: [str(path)]}, path, cache_dir), f"file {path}"
 
 
-def _load_files(builder: str, data_files: dict[str, list[str]], where: Path) -> DatasetDict:
-    kwargs: dict[str, Any] = {}
+def _load_files(builder: str, data_files: dict[str, list[str]], where: Path, cache_dir: Path) -> DatasetDict:
+    kwargs: dict[str, Any] = {"cache_dir": str(cache_dir)}
     if builder == "csv" and all(f.endswith(".tsv") for files in data_files.values() for f in files):
         kwargs["delimiter"] = "\t"
     try:
@@ -234,7 +238,7 @@ def fingerprint_rows(rows: dict[str, list[tuple[str, str | None, str]]], labels:
 def prepare_data(config: DataConfig, out_dir: Path) -> PreparedData:
     """Load, check, split and fingerprint the dataset; save the prepared copy under ``out_dir``."""
     out_dir = Path(out_dir)
-    raw, where = _load_raw(config, out_dir / "source")
+    raw, where = _load_raw(config, out_dir / "source", out_dir / ".hf-cache")
     available = list(raw.keys())
     if config.train_split not in raw:
         raise DataError(f"{where}: no split {config.train_split!r} (splits: {available}); set data.train_split")
