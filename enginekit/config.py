@@ -116,6 +116,9 @@ class QuantizeConfig(_Section):
     kd_temperature: float = Field(default=2.0, gt=0.0)
     kd_alpha: float = Field(default=0.7, ge=0.0, le=1.0)
     """Weight of the distillation term: loss = alpha*T^2*KL(student/T || teacher/T) + (1-alpha)*CE."""
+    hidden_state_weight: float = Field(default=0.0, ge=0.0)
+    """Intermediate-layer distillation: adds this weight times the mean MSE between the student's and the
+    teacher's hidden states (embeddings and every encoder layer). 0 = logits-only distillation."""
     training: TrainingConfig = TrainingConfig(epochs=1, learning_rate=1e-5, warmup_ratio=0.1)
 
 

@@ -97,6 +97,21 @@ def distillation_loss(
     return alpha * kd + (1.0 - alpha) * hard
 
 
+def hidden_state_loss(
+    student_states: tuple[torch.Tensor, ...], teacher_states: tuple[torch.Tensor, ...], attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """Mean over layers of the MSE between hidden states, counting real tokens only (not padding)."""
+    if len(student_states) != len(teacher_states):
+        raise ValueError(
+            f"hidden-state distillation needs the same number of layers: student {len(student_states)}, "
+            f"teacher {len(teacher_states)}"
+        )
+    weights = attention_mask.unsqueeze(-1).to(student_states[0].dtype)
+    tokens = weights.sum() * student_states[0].shape[-1]
+    losses = [((s - t) ** 2 * weights).sum() / tokens for s, t in zip(student_states, teacher_states, strict=True)]
+    return torch.stack(losses).mean()
+
+
 def disable_dropout(model: torch.nn.Module) -> None:
     """QAT fine-tunes scales against a fixed teacher; dropout noise only blurs that target."""
     for module in model.modules():
@@ -222,10 +237,19 @@ def train_student(
     ptq_accuracy = accuracy(ptq_logits.argmax(-1), evaluation.labels)
     log(f"calibrated {len(layers)} INT8 quantizers ({config.calibration_method}); PTQ eval accuracy {ptq_accuracy:.4f}")
 
+    with_hidden = config.hidden_state_weight > 0
+
     def kd_loss(model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            teacher_logits = teacher(**inputs).logits
-        return distillation_loss(model(**inputs).logits, teacher_logits, labels, config.kd_temperature, config.kd_alpha)
+            teacher_out = teacher(**inputs, output_hidden_states=with_hidden)
+        student_out = model(**inputs, output_hidden_states=with_hidden)
+        loss = distillation_loss(student_out.logits, teacher_out.logits, labels, config.kd_temperature, config.kd_alpha)
+        if with_hidden:
+            mask = inputs["attention_mask"]
+            loss = loss + config.hidden_state_weight * hidden_state_loss(
+                student_out.hidden_states, teacher_out.hidden_states, mask
+            )
+        return loss
 
     checkpoint = out_dir / STUDENT_FILE
 

@@ -178,3 +178,29 @@ def test_early_stopping_stops_after_patience(tiny_build, tmp_path):
     result = train_student(config, tiny_build.teacher, tiny_build.data, tmp_path / "s", messages.append)
     assert [record["epoch"] for record in result.history] == [1, 2, 3]
     assert any(m.startswith("early stop") for m in messages)
+
+
+def test_hidden_state_loss_ignores_padding_and_is_zero_for_identical_states():
+    from tasks.quantize import hidden_state_loss
+
+    torch.manual_seed(2)
+    states = tuple(torch.randn(2, 4, 8) for _ in range(3))
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    assert float(hidden_state_loss(states, states, mask)) == 0.0
+    shifted = tuple(s.clone() for s in states)
+    for s in shifted:
+        s[0, 3] += 100.0  # a padding position: must not count
+    assert float(hidden_state_loss(shifted, states, mask)) == 0.0
+    moved = tuple(s + 1.0 for s in states)
+    assert float(hidden_state_loss(moved, states, mask)) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="same number of layers"):
+        hidden_state_loss(states[:2], states, mask)
+
+
+def test_qat_with_hidden_state_distillation_trains(tiny_build, tmp_path):
+    from tasks.quantize import train_student
+
+    config = tiny_build.config.quantize.model_copy(update={"hidden_state_weight": 1.0})
+    result = train_student(config, tiny_build.teacher, tiny_build.data, tmp_path / "s", lambda _: None)
+    assert result.history[0]["train_loss"] > 0
+    assert result.qat_eval_accuracy >= result.ptq_eval_accuracy
