@@ -110,6 +110,9 @@ class QuantizeConfig(_Section):
     """Percentile of |activation| kept in range when calibration_method is ``percentile``."""
     calibration_batches: int = Field(default=16, gt=0)
     """Batches of training data seen by the calibrators before QAT."""
+    keep_unquantized: list[str] = Field(default_factory=list)
+    """Module name patterns (fnmatch, e.g. ``*encoder.layer.5.output.dense``) whose quantizers stay off:
+    the most sensitive layers found by the sensitivity analysis, kept in higher precision."""
     quantize_head: bool = False
     """Quantize the pooler and classifier too. Off: they are a tiny share of compute and NVIDIA's BERT
     recipes keep them in higher precision."""

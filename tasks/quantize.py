@@ -51,7 +51,9 @@ WEIGHTS_FILE = "model.safetensors"  # what transformers save_pretrained writes f
 HISTOGRAM_METHODS = ("percentile", "mse", "entropy")
 
 
-def int8_quant_config(quantize_head: bool, calibration_method: str = "max") -> dict[str, Any]:
+def int8_quant_config(
+    quantize_head: bool, calibration_method: str = "max", keep_unquantized: list[str] | None = None
+) -> dict[str, Any]:
     """modelopt quantization config for a BERT-style classifier (list form of modelopt >= 0.4x).
 
     For the histogram methods the activation quantizers get histogram calibrators and no algorithm
@@ -76,6 +78,8 @@ def int8_quant_config(quantize_head: bool, calibration_method: str = "max") -> d
             {"quantizer_name": "*classifier.weight_quantizer", "cfg": int8_weight},
             {"quantizer_name": "*classifier.input_quantizer", "cfg": int8_activation},
         ]
+    for pattern in keep_unquantized or []:
+        quant_cfg.append({"quantizer_name": f"{pattern}.*_quantizer", "enable": False})
     return {"quant_cfg": quant_cfg, "algorithm": algorithm}
 
 
@@ -112,6 +116,46 @@ def hidden_state_loss(
     return torch.stack(losses).mean()
 
 
+def layer_groups(model: torch.nn.Module) -> dict[str, list[torch.nn.Module]]:
+    """Enabled quantizers grouped by the module they quantize (one group per quantized Linear)."""
+    groups: dict[str, list[torch.nn.Module]] = {}
+    for name, module in model.named_modules():
+        if type(module).__name__ == "TensorQuantizer" and module.is_enabled:
+            groups.setdefault(name.rsplit(".", 1)[0], []).append(module)
+    return groups
+
+
+@dataclass(frozen=True)
+class LayerSensitivity:
+    layer: str
+    accuracy_without_quantization: float
+    """Eval accuracy with this layer alone back in floating point (everything else INT8)."""
+    gain_points: float
+    """accuracy_without_quantization minus the fully quantized accuracy, in points."""
+
+
+def sensitivity_analysis(
+    model: torch.nn.Module, evaluation: SplitBatches, encoder: TextEncoder, device: torch.device, batch_size: int = 128
+) -> list[LayerSensitivity]:
+    """Quantize all but one layer, for every quantized layer; most sensitive (largest gain) first.
+
+    The quantizers are switched off and on again in place; the model ends as it started.
+    """
+    baseline = accuracy(predict_logits(model, evaluation, encoder, batch_size, device).argmax(-1), evaluation.labels)
+    results = []
+    for layer, quantizers in layer_groups(model).items():
+        for quantizer in quantizers:
+            quantizer.disable()
+        try:
+            logits = predict_logits(model, evaluation, encoder, batch_size, device)
+        finally:
+            for quantizer in quantizers:
+                quantizer.enable()
+        layer_accuracy = accuracy(logits.argmax(-1), evaluation.labels)
+        results.append(LayerSensitivity(layer, layer_accuracy, 100 * (layer_accuracy - baseline)))
+    return sorted(results, key=lambda result: (-result.gain_points, result.layer))
+
+
 def disable_dropout(model: torch.nn.Module) -> None:
     """QAT fine-tunes scales against a fixed teacher; dropout noise only blurs that target."""
     for module in model.modules():
@@ -146,7 +190,7 @@ def calibrate(
                 calibrated(**to_torch(batch, device))
 
     model.eval()
-    quant_config = int8_quant_config(config.quantize_head, config.calibration_method)
+    quant_config = int8_quant_config(config.quantize_head, config.calibration_method, config.keep_unquantized)
     if config.calibration_method == "max":
         return mtq.quantize(model, quant_config, forward_loop)
     model = mtq.quantize(model, quant_config, forward_loop=None)  # inserts quantizers, calibrates nothing

@@ -204,3 +204,33 @@ def test_qat_with_hidden_state_distillation_trains(tiny_build, tmp_path):
     result = train_student(config, tiny_build.teacher, tiny_build.data, tmp_path / "s", lambda _: None)
     assert result.history[0]["train_loss"] > 0
     assert result.qat_eval_accuracy >= result.ptq_eval_accuracy
+
+
+def test_sensitivity_analysis_covers_every_layer_and_restores_the_model(tiny_build):
+    from enginekit.tokenization import TextEncoder
+    from tasks.modeling import SplitBatches, predict_logits
+    from tasks.quantize import layer_groups, sensitivity_analysis
+
+    model = load_student(tiny_build.student, tiny_build.teacher)
+    evaluation = SplitBatches.from_dataset(tiny_build.data.load()["eval"])
+    encoder = TextEncoder(tiny_build.teacher.tokenizer_dir, tiny_build.teacher.max_seq_length)
+    before = predict_logits(model, evaluation, encoder, 64, torch.device("cpu"))
+    results = sensitivity_analysis(model, evaluation, encoder, torch.device("cpu"))
+    assert len(results) == 12 == len(layer_groups(model))  # 2 layers x 6 Linear modules
+    assert [r.gain_points for r in results] == sorted((r.gain_points for r in results), reverse=True)
+    np.testing.assert_array_equal(predict_logits(model, evaluation, encoder, 64, torch.device("cpu")), before)
+
+
+def test_kept_layers_stay_unquantized(tiny_build):
+    from tasks.quantize import int8_quant_config
+
+    config = int8_quant_config(False, "max", ["*encoder.layer.1.output.dense"])
+    assert config["quant_cfg"][-1] == {"quantizer_name": "*encoder.layer.1.output.dense.*_quantizer", "enable": False}
+    import modelopt.torch.quantization as mtq
+
+    model = copy.deepcopy(tiny_build.teacher.load("cpu"))
+    inputs = {"input_ids": torch.tensor([[101, 2000, 102]]), "attention_mask": torch.ones(1, 3, dtype=torch.long)}
+    mtq.quantize(model, config, lambda m: m(**inputs))
+    enabled = quantized_layer_names(model)
+    assert len(enabled) == 22
+    assert not any(name.startswith("bert.encoder.layer.1.output.dense.") for name in enabled)
