@@ -110,6 +110,9 @@ class QuantizeConfig(_Section):
     """Percentile of |activation| kept in range when calibration_method is ``percentile``."""
     calibration_batches: int = Field(default=16, gt=0)
     """Batches of training data seen by the calibrators before QAT."""
+    student_layers: list[int] | None = None
+    """Smaller student: the teacher's encoder layers it keeps (0-based, e.g. [1, 3, 5] for every other
+    layer of a 6-layer teacher), initialised from them; None = the teacher's architecture."""
     keep_unquantized: list[str] = Field(default_factory=list)
     """Module name patterns (fnmatch, e.g. ``*encoder.layer.5.output.dense``) whose quantizers stay off:
     the most sensitive layers found by the sensitivity analysis, kept in higher precision."""

@@ -238,6 +238,8 @@ class StudentResult:
     best_epoch: int
     history: list[dict[str, float]]
     quantized_layers: int
+    student_layers: list[int] | None = None
+    """Teacher layers the student kept; None = all (same architecture as the teacher)."""
 
     @property
     def checkpoint(self) -> Path:
@@ -249,8 +251,31 @@ def load_student(student: StudentResult, teacher: TeacherResult, device: torch.d
     import modelopt.torch.opt as mto
 
     model = teacher.load("cpu")
+    if student.student_layers is not None:
+        model = layer_subset(model, student.student_layers)
     mto.restore(model, str(student.checkpoint))
     return model.to(device).eval()
+
+
+def layer_subset(model: torch.nn.Module, keep: list[int]) -> torch.nn.Module:
+    """A BERT-style classifier with only the encoder layers ``keep``, initialised from ``model``'s."""
+    total = model.config.num_hidden_layers
+    if not keep or sorted(set(keep)) != list(keep) or keep[0] < 0 or keep[-1] >= total:
+        raise ValueError(f"student_layers {keep} must be increasing, unique layer indices of 0..{total - 1}")
+    config = copy.deepcopy(model.config)
+    config.num_hidden_layers = len(keep)
+    student = type(model)(config)
+    renamed = {}
+    for key, value in model.state_dict().items():
+        parts = key.split(".")
+        if "layer" in parts and parts[parts.index("layer") - 1] == "encoder":
+            position = parts.index("layer") + 1
+            if int(parts[position]) not in keep:
+                continue
+            parts[position] = str(keep.index(int(parts[position])))
+        renamed[".".join(parts)] = value
+    student.load_state_dict(renamed)
+    return student.to(next(model.parameters()).device)
 
 
 def train_student(
@@ -270,7 +295,9 @@ def train_student(
     teacher = teacher_result.load(device)
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
-    student = copy.deepcopy(teacher)
+    student = copy.deepcopy(teacher) if config.student_layers is None else layer_subset(teacher, config.student_layers)
+    # Hidden state i of the student (0 = embeddings) is distilled from this hidden state of the teacher.
+    teacher_states = [0] + [layer + 1 for layer in (config.student_layers or range(teacher.config.num_hidden_layers))]
     for parameter in student.parameters():
         parameter.requires_grad_(True)
     disable_dropout(student)
@@ -290,9 +317,8 @@ def train_student(
         loss = distillation_loss(student_out.logits, teacher_out.logits, labels, config.kd_temperature, config.kd_alpha)
         if with_hidden:
             mask = inputs["attention_mask"]
-            loss = loss + config.hidden_state_weight * hidden_state_loss(
-                student_out.hidden_states, teacher_out.hidden_states, mask
-            )
+            aligned = tuple(teacher_out.hidden_states[index] for index in teacher_states)
+            loss = loss + config.hidden_state_weight * hidden_state_loss(student_out.hidden_states, aligned, mask)
         return loss
 
     checkpoint = out_dir / STUDENT_FILE
@@ -336,6 +362,7 @@ def train_student(
         best_epoch=best.epoch if qat_improved else 0,
         history=[asdict(record) for record in history],
         quantized_layers=len(layers),
+        student_layers=config.student_layers,
     )
     write_json_atomic(out_dir / "quantize.json", asdict(result))
     shutil.rmtree(out_dir / f".{STUDENT_FILE}.partial", ignore_errors=True)

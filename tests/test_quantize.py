@@ -234,3 +234,34 @@ def test_kept_layers_stay_unquantized(tiny_build):
     enabled = quantized_layer_names(model)
     assert len(enabled) == 22
     assert not any(name.startswith("bert.encoder.layer.1.output.dense.") for name in enabled)
+
+
+def test_layer_subset_copies_the_chosen_teacher_layers(tiny_build):
+    from tasks.quantize import layer_subset
+
+    teacher = tiny_build.teacher.load("cpu")
+    inputs = {"input_ids": torch.tensor([[101, 2000, 2001, 102]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    with torch.inference_mode():
+        same = layer_subset(teacher, [0, 1]).eval()
+        torch.testing.assert_close(same(**inputs).logits, teacher(**inputs).logits)
+    half = layer_subset(teacher, [1])
+    assert half.config.num_hidden_layers == 1 and len(half.bert.encoder.layer) == 1
+    torch.testing.assert_close(
+        half.bert.encoder.layer[0].output.dense.weight, teacher.bert.encoder.layer[1].output.dense.weight
+    )
+    for bad in ([], [1, 0], [0, 0], [2]):
+        with pytest.raises(ValueError, match="student_layers"):
+            layer_subset(teacher, bad)
+
+
+def test_smaller_student_distills_quantizes_and_exports(tiny_build, tmp_path):
+    from tasks.export import export_student
+    from tasks.quantize import train_student
+
+    config = tiny_build.config.quantize.model_copy(update={"student_layers": [1], "hidden_state_weight": 0.5})
+    student = train_student(config, tiny_build.teacher, tiny_build.data, tmp_path / "s", lambda _: None)
+    assert student.student_layers == [1] and student.quantized_layers == 12  # 1 layer x 6 Linear x 2
+    exported = export_student(
+        tiny_build.config.export, student, tiny_build.teacher, tiny_build.data, tmp_path / "e", lambda _: None
+    )
+    assert exported.parity_agreement >= 0.99 and exported.quantize_linear_nodes == 12
