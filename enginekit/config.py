@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from enginekit.objectstore import ObjectStoreSettings
 
@@ -110,6 +110,20 @@ class QuantizeConfig(_Section):
     """Percentile of |activation| kept in range when calibration_method is ``percentile``."""
     calibration_batches: int = Field(default=16, gt=0)
     """Batches of training data seen by the calibrators before QAT."""
+    ptq_baselines: list[str] = Field(
+        default_factory=lambda: ["max", "percentile:99.9", "percentile:99.99", "entropy", "mse"]
+    )
+    """Calibration-only variants measured (as exported engines, on the eval split) next to the KD-QAT
+    student: ``max``, ``percentile:<p>``, ``entropy``, ``mse``."""
+
+    @field_validator("ptq_baselines")
+    @classmethod
+    def _known_baselines(cls, names: list[str]) -> list[str]:
+        return [_check_ptq_baseline(name) for name in names]
+
+    accuracy_budget_points: float = Field(default=0.3, ge=0.0)
+    """Automatic choice: the fastest variant whose eval accuracy is at most this many points below the
+    teacher's ships (calibration-only before KD-QAT when equally fast)."""
     student_layers: list[int] | None = None
     """Smaller student: the teacher's encoder layers it keeps (0-based, e.g. [1, 3, 5] for every other
     layer of a 6-layer teacher), initialised from them; None = the teacher's architecture."""
@@ -174,6 +188,15 @@ class RegistryConfig(_Section):
 class PublishConfig(_Section):
     channel: str = Field(default="production", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     store: ObjectStoreSettings
+
+
+def _check_ptq_baseline(name: str) -> str:
+    method, _, value = name.partition(":")
+    if method not in ("max", "percentile", "entropy", "mse") or (method == "percentile") != bool(value):
+        raise ValueError(f"unknown PTQ baseline {name!r}; use max, percentile:<p>, entropy or mse")
+    if value and not 50.0 < float(value) <= 100.0:
+        raise ValueError(f"percentile in {name!r} must be in (50, 100]")
+    return name
 
 
 class PipelineConfig(_Section):

@@ -37,6 +37,7 @@ def _print_summary(summary, store_endpoint: str | None) -> None:
         f"speed vs FP32    latency ×{summary.speedup_latency:.2f}, throughput ×{summary.speedup_throughput:.2f} "
         "(same process, PyTorch FP32 eager baseline)"
     )
+    print(f"INT8 variant     {summary.chosen_variant}  (all candidates: {summary.variants_markdown})")
     print(f"MLflow version   {summary.mlflow_model_uri}  (run {summary.mlflow_run_id})")
     if summary.promoted:
         print(f"MLflow champion  {summary.champion_uri}")

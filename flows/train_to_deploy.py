@@ -1,5 +1,6 @@
-"""The ``train_to_deploy`` flow: data → FP32 teacher → KD-QAT INT8 student → QDQ ONNX → INT8 engine
-bundle → validation gates → MLflow (candidate) → S3 publish + channel move → MLflow champion.
+"""The ``train_to_deploy`` flow: data → FP32 teacher → KD-QAT INT8 student → INT8 variant choice (PTQ
+methods vs KD-QAT, as engines on eval) → QDQ ONNX → INT8 engine bundle → validation gates → MLflow
+(candidate) → S3 publish + channel move → MLflow champion.
 
 The flow only composes tasks and makes the one decision (gates pass → publish and promote; else stop and
 say why). Every stage's logic lives in ``tasks/``.
@@ -22,6 +23,7 @@ from tasks.quantize import train_student_task
 from tasks.register import CHAMPION_ALIAS, RegisteredVersion, promote_task, register_task
 from tasks.teacher import train_teacher_task
 from tasks.validate import ValidationReport, validate_task
+from tasks.variants import choose_variant_task
 
 
 @dataclass
@@ -40,6 +42,8 @@ class PipelineSummary:
     tracking_uri: str
     bundle_dir: str
     report_markdown: str
+    chosen_variant: str = ""
+    variants_markdown: str = ""
     champion_uri: str | None = None
     published_uri: str | None = None
     channel_uri: str | None = None
@@ -95,7 +99,8 @@ def train_to_deploy(config: PipelineConfig) -> PipelineSummary:
     data = prepare_data_task(config.data, str(run_dir / "data"))
     teacher = train_teacher_task(config.teacher, data, str(run_dir / "teacher"))
     student = train_student_task(config.quantize, teacher, data, str(run_dir / "student"))
-    exported = export_task(config.export, student, teacher, data, str(run_dir / "export"))
+    choice = choose_variant_task(config.quantize, teacher, student, data, str(run_dir / "variants"))
+    exported = export_task(config.export, choice.chosen.student, teacher, data, str(run_dir / "export"))
     bundle = build_engine_task(
         config.engine,
         config.model_name,
@@ -111,10 +116,12 @@ def train_to_deploy(config: PipelineConfig) -> PipelineSummary:
         bundle.directory,
         report.metrics(),
         report.failure_reasons,
-        [report.report_json, report.report_markdown],
+        [report.report_json, report.report_markdown, choice.report_markdown],
         flow_run_id,
+        choice.tags(),
     )
     summary = PipelineSummary.of_validation(config.model_name, bundle.directory, report, registered)
+    summary.chosen_variant, summary.variants_markdown = choice.chosen.name, choice.report_markdown
     if not report.passed:
         get_run_logger().warning(
             "gates failed; champion and channel pointer left where they were: " + "; ".join(report.failure_reasons)

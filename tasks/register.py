@@ -76,6 +76,7 @@ def register_bundle(
     gate_failures: list[str],
     artifacts: list[Path],
     flow_run_id: str | None = None,
+    extra_tags: dict[str, str] | None = None,
     log=print,
 ) -> RegisteredVersion:
     import mlflow
@@ -116,6 +117,7 @@ def register_bundle(
             "config_hash": lineage.config_hash,
             "code_version": lineage.code_version,
             "gates_passed": str(not gate_failures).lower(),
+            **(extra_tags or {}),
         }
         mlflow.set_tags(lineage_tags)
         for path in artifacts:
@@ -195,6 +197,7 @@ def register_task(
     gate_failures: list[str],
     artifacts: list[str],
     flow_run_id: str | None,
+    extra_tags: dict[str, str] | None = None,
 ) -> RegisteredVersion:
     return register_bundle(
         config,
@@ -203,6 +206,7 @@ def register_task(
         gate_failures,
         [Path(a) for a in artifacts],
         flow_run_id,
+        extra_tags,
         log=get_run_logger().info,
     )
 

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -77,7 +78,7 @@ def test_first_run_publishes_registers_and_promotes(runs, seaweedfs):
 
     # The published version: every manifest file is in the bucket with the recorded size and sha256.
     store = ObjectStore(config.publish.store)
-    local_manifest = read_manifest(__import__("pathlib").Path(summary.bundle_dir))
+    local_manifest = read_manifest(Path(summary.bundle_dir))
     version = summary.published_uri.rstrip("/").rsplit("/", 1)[-1]
     assert version in store.list_versions(config.model_name)
     client = seaweedfs.raw_client()
@@ -96,6 +97,9 @@ def test_first_run_publishes_registers_and_promotes(runs, seaweedfs):
     assert model_version.tags["data_fingerprint"] == local_manifest.lineage.data_fingerprint
     assert model_version.tags["bundle_digest"] == local_manifest.digest()
     assert model_version.tags["gates_passed"] == "true"
+    assert model_version.tags["chosen_variant"] == summary.chosen_variant
+    assert summary.chosen_variant.startswith(("PTQ", "KD-QAT"))
+    assert "| PTQ max |" in Path(summary.variants_markdown).read_text()
     run = registry.get_run(summary.mlflow_run_id)
     assert "int8_accuracy" in run.data.metrics and "teacher.training.epochs" in run.data.params
 
