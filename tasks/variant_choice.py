@@ -7,7 +7,7 @@ interval. A variant meets the budget when its point estimate is within it; the i
 next to the choice so a reader sees how sure the choice is, and ``require_ci`` makes the rule strict
 (the whole interval's low end within budget) for teams that want it.
 
-Preference when several meet the budget: the fastest (throughput), and among variants whose speeds are
+Preference when several meet the budget: the fastest (relative speed), and among variants whose speeds are
 within ``speed_tolerance`` of each other the cheapest to produce (PTQ before KD-QAT before KD-QAT with
 layers kept in higher precision), then the more accurate.
 """
@@ -27,7 +27,8 @@ class VariantScore:
     kind: VariantKind
     delta_points: float
     ci_low_points: float
-    throughput_rows_per_s: float
+    relative_speed: float
+    """Expected speed relative to the full-size INT8 engine (higher is faster)."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def choose_variant(
         meets = measure >= -budget_points - 1e-9
         reasons.append(
             f"{variant.name}: Δ {variant.delta_points:+.2f} points (95% CI low {variant.ci_low_points:+.2f}), "
-            f"{variant.throughput_rows_per_s:.0f} rows/s — {'within' if meets else 'outside'} the "
+            f"relative speed ×{variant.relative_speed:.2f} — {'within' if meets else 'outside'} the "
             f"{budget_points:.2f}-point budget"
         )
         if meets:
@@ -61,8 +62,8 @@ def choose_variant(
     if not eligible:
         reasons.append("no variant meets the budget: nothing is chosen (the accuracy gate will say so)")
         return Choice(None, reasons)
-    fastest = max(variant.throughput_rows_per_s for variant in eligible)
-    near_fastest = [v for v in eligible if v.throughput_rows_per_s >= fastest * (1 - speed_tolerance)]
+    fastest = max(variant.relative_speed for variant in eligible)
+    near_fastest = [v for v in eligible if v.relative_speed >= fastest * (1 - speed_tolerance)]
     chosen = min(near_fastest, key=lambda v: (PRODUCTION_COST[v.kind], -v.delta_points, v.name))
     reasons.append(
         f"chosen: {chosen.name} — fastest within budget"
