@@ -1,30 +1,23 @@
 """Side-by-side INT8 accuracy of calibration-only (PTQ) variants and the run's KD-QAT student, each as an
-exported QDQ ONNX engine run by ONNX Runtime, against the FP32 teacher on the same test rows.
+exported QDQ ONNX engine run by ONNX Runtime, against the FP32 teacher on the same **test** rows.
 
     python -m bench.ptq_compare .state/runs/<run>          # a finished train_to_deploy run directory
 
-Every variant sees the same ``calibration_batches`` training batches; the histogram methods share one
-statistics pass, so they differ only in how ranges are read from the same histograms. Prints a
-Markdown table (accuracy, macro-F1, Δ vs teacher with a 95% paired bootstrap interval, flips, agreement)
-and writes it next to the run as ``ptq_compare.md`` / ``.json``.
+The flow's variants stage does the same on the eval split to choose what ships; this command reuses its
+code (``tasks.variants``) to report the test-split numbers. Prints a Markdown table (accuracy, macro-F1,
+Δ vs teacher with a 95% paired bootstrap interval, flips, agreement) and writes it next to the run as
+``ptq_compare.md`` / ``.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import itertools
 import json
 import sys
 import tempfile
 from pathlib import Path
 
-HISTOGRAM_VARIANTS = (
-    ("PTQ percentile 99.9", "percentile", 99.9),
-    ("PTQ percentile 99.99", "percentile", 99.99),
-    ("PTQ mse", "mse", 0.0),
-    ("PTQ entropy", "entropy", 0.0),
-)
+BASELINES = ["max", "percentile:99.9", "percentile:99.99", "mse", "entropy"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,21 +36,13 @@ def _compare(argv: list[str] | None) -> int:
 
     import torch
 
-    from enginekit.config import QuantizeConfig
+    from enginekit.config import QuantizeConfig, TrainingConfig
     from enginekit.tokenization import TextEncoder
     from tasks.data import PreparedData
-    from tasks.export import export_onnx, onnx_logits
-    from tasks.modeling import SplitBatches, accuracy, macro_f1, predict_logits, to_torch
-    from tasks.quantize import (
-        StudentResult,
-        calibrate,
-        collect_calibration_statistics,
-        int8_quant_config,
-        load_ranges,
-        load_student,
-    )
+    from tasks.modeling import SplitBatches, accuracy, macro_f1, predict_logits
+    from tasks.quantize import StudentResult
     from tasks.teacher import TeacherResult
-    from tasks.validate import paired_comparison
+    from tasks.variants import ptq_students, score_candidate
 
     run = arguments.run_dir
     data = PreparedData(**json.loads((run / "data" / "data.json").read_text()))
@@ -65,53 +50,40 @@ def _compare(argv: list[str] | None) -> int:
     student = StudentResult(**json.loads((run / "student" / "quantize.json").read_text()))
     cpu = torch.device("cpu")
     encoder = TextEncoder(teacher.tokenizer_dir, teacher.max_seq_length)
-    splits = data.load()
-    train, test = SplitBatches.from_dataset(splits["train"]), SplitBatches.from_dataset(splits["test"])
+    test = SplitBatches.from_dataset(data.load()["test"])
     teacher_model = teacher.load(cpu)
     teacher_predictions = predict_logits(teacher_model, test, encoder, 128, cpu).argmax(-1)
+    layers = teacher_model.config.num_hidden_layers
 
-    import modelopt.torch.quantization as mtq
-
-    def forward_loop(model: torch.nn.Module) -> None:
-        # The same batches QuantizeConfig's calibrate() draws: same seed, size and count.
-        batches = train.iterate(encoder, arguments.batch_size, shuffle_seed=QuantizeConfig().training.seed)
-        for batch, _ in itertools.islice(batches, arguments.calibration_batches):
-            model(**to_torch(batch, cpu))
-
-    calibration = QuantizeConfig(calibration_batches=arguments.calibration_batches)
-    rows = []
+    config = QuantizeConfig(
+        ptq_baselines=BASELINES,
+        calibration_batches=arguments.calibration_batches,
+        training=TrainingConfig(batch_size=arguments.batch_size),
+    )
     work = Path(tempfile.mkdtemp(prefix="ptq-compare-"))
+    named = [(name.replace(":", " "), result) for name, result in ptq_students(config, teacher, data, work)]
+    kept = "KD-QAT" if student.best_epoch > 0 else "calibrated only: QAT did not improve eval"
+    named.append((f"the run's student ({kept})", student))
+    candidates = []
+    for name, result in named:
+        candidates.append(score_candidate(name, "", result, teacher, test, teacher_predictions, work, layers))
+        print(f"{name}: {100 * candidates[-1].eval_accuracy:.2f}%", file=sys.stderr)
 
-    def measure(name: str, model: torch.nn.Module) -> None:
-        path = work / f"{len(rows)}.onnx"
-        export_onnx(model, encoder, path, 17)
-        predictions = onnx_logits(path, test, encoder, 64).argmax(-1)
-        comparison = paired_comparison(predictions, teacher_predictions, test.labels, 1000)
+    rows = []
+    for candidate in candidates:
         rows.append(
             {
-                "variant": name,
-                "accuracy": accuracy(predictions, test.labels),
-                "macro_f1": macro_f1(predictions, test.labels, len(data.labels)),
-                "delta_points": comparison.delta_points,
-                "ci_low_points": comparison.ci_low_points,
-                "ci_high_points": comparison.ci_high_points,
-                "fixed": comparison.fixed,
-                "broken": comparison.broken,
-                "agreement": comparison.agreement,
+                "variant": candidate.name,
+                "accuracy": candidate.eval_accuracy,  # accuracy on the rows scored: here the test split
+                "macro_f1": candidate.macro_f1,
+                "delta_points": candidate.delta_points,
+                "ci_low_points": candidate.ci_low_points,
+                "ci_high_points": candidate.ci_high_points,
+                "fixed": candidate.fixed,
+                "broken": candidate.broken,
+                "agreement": candidate.agreement,
             }
         )
-        print(f"{name}: {100 * rows[-1]['accuracy']:.2f}%", file=sys.stderr)
-
-    measure("PTQ max", calibrate(copy.deepcopy(teacher_model), train, encoder, calibration, cpu))
-    collected = mtq.quantize(copy.deepcopy(teacher_model), int8_quant_config(False, "percentile"), forward_loop=None)
-    collect_calibration_statistics(collected, forward_loop)
-    for name, method, percentile in HISTOGRAM_VARIANTS:
-        variant = copy.deepcopy(collected)
-        load_ranges(variant, method, percentile)
-        measure(name, variant)
-    kept = "KD-QAT" if student.best_epoch > 0 else "calibrated only: QAT did not improve eval"
-    measure(f"the run's student ({kept})", load_student(student, teacher))
-
     teacher_accuracy = accuracy(teacher_predictions, test.labels)
     lines = [
         f"Test rows: {len(test)}. FP32 teacher (PyTorch): {100 * teacher_accuracy:.2f}% accuracy, "

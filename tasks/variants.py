@@ -30,7 +30,7 @@ from enginekit.config import QuantizeConfig
 from enginekit.tokenization import TextEncoder
 from tasks.data import PreparedData
 from tasks.export import export_onnx, onnx_logits
-from tasks.modeling import SplitBatches, accuracy, predict_logits, to_torch
+from tasks.modeling import SplitBatches, accuracy, macro_f1, predict_logits, to_torch
 from tasks.quantize import (
     STUDENT_FILE,
     StudentResult,
@@ -52,6 +52,8 @@ class Candidate:
     kind: str
     student: StudentResult
     eval_accuracy: float
+    """Accuracy on the rows scored (the eval split in the flow)."""
+    macro_f1: float
     delta_points: float
     ci_low_points: float
     ci_high_points: float
@@ -151,6 +153,7 @@ def score_candidate(
         kind=kind,
         student=student,
         eval_accuracy=accuracy(predictions, evaluation.labels),
+        macro_f1=macro_f1(predictions, evaluation.labels, int(max(evaluation.labels.max(), predictions.max())) + 1),
         delta_points=comparison.delta_points,
         ci_low_points=comparison.ci_low_points,
         ci_high_points=comparison.ci_high_points,
