@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     student = copy.deepcopy(teacher)
     disable_dropout(student)
     started = time.perf_counter()
-    calibrate(student, train, encoder, quantize_config, device)
+    calibrate(student, train, encoder, quantize_config, device, "max")
     torch.cuda.synchronize()
     summary["calibration_seconds"] = time.perf_counter() - started  # includes modelopt's one-time CUDA JIT
     summary["quantizers"] = len(quantized_layer_names(student))

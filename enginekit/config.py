@@ -76,6 +76,9 @@ class RandomEncoderConfig(_Section):
 
 class TrainingConfig(_Section):
     epochs: int = Field(default=3, gt=0)
+    min_steps: int = Field(default=0, ge=0)
+    """Train at least this many optimizer steps: small datasets get more epochs than ``epochs`` (one recipe
+    for datasets of any size); early stopping still ends a run that stopped improving."""
     batch_size: int = Field(default=32, gt=0)
     learning_rate: float = Field(default=5e-5, gt=0.0)
     weight_decay: float = Field(default=0.01, ge=0.0)
@@ -86,6 +89,9 @@ class TrainingConfig(_Section):
     seed: int = 42
     early_stopping_patience: int | None = Field(default=None, gt=0)
     """Stop after this many epochs without a better eval accuracy; None trains every epoch."""
+    processes: int = Field(default=1, ge=1)
+    """Data-parallel worker processes for this training stage, launched with ``torchrun`` (one per GPU,
+    NCCL; on CPU, gloo). batch_size is per process: the global batch is batch_size x processes."""
 
 
 class TeacherConfig(_Section):
@@ -97,19 +103,52 @@ class TeacherConfig(_Section):
     max_seq_length: int = Field(default=64, gt=2, le=512)
     """Tokens per sequence, special tokens included; longer texts are truncated."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    training: TrainingConfig = TrainingConfig()
+    training: TrainingConfig = TrainingConfig(epochs=3, min_steps=500, early_stopping_patience=2)
+
+
+class SmallerStudentConfig(_Section):
+    """A student with fewer encoder layers, initialised from the teacher's, distilled in FP32 first and
+    then calibrated and KD-QAT trained like the full-size student (same quantize settings)."""
+
+    layers: list[int] | Literal["every_other"] = "every_other"
+    """Teacher encoder layers it keeps (0-based, e.g. [0, 2, 4]); ``every_other`` = 0, 2, 4, ..."""
+    distill_training: TrainingConfig = TrainingConfig(
+        epochs=3, min_steps=500, learning_rate=1e-4, warmup_ratio=0.1, early_stopping_patience=2
+    )
+    """The FP32 distillation phase before quantization (removed layers leave more to relearn than QAT's
+    short, gentle schedule can)."""
+    hidden_state_weight: float = Field(default=1.0, ge=0.0)
+    """Weight of the hidden-state MSE (student layer i ↔ the teacher layer it came from) in both phases."""
+
+    def layer_indices(self, teacher_layers: int) -> list[int]:
+        if self.layers == "every_other":
+            return list(range(0, teacher_layers, 2))
+        return list(self.layers)
+
+
+class SensitivityConfig(_Section):
+    enabled: bool = True
+    """Measure, on eval, what each quantized layer group costs the KD-QAT student (quantize all but that
+    group), report it, and offer a mixed-precision candidate."""
+    granularity: Literal["block", "linear"] = "block"
+    """``block``: one group per encoder layer (all its Linears); ``linear``: one group per Linear (6x the
+    evaluation passes on BERT)."""
+    keep_most_sensitive: int = Field(default=1, ge=0)
+    """The mixed-precision candidate keeps this many of the most sensitive groups (those whose
+    un-quantizing gains accuracy) in floating point; 0 = no mixed-precision candidate."""
 
 
 class QuantizeConfig(_Section):
-    calibration_method: Literal["max", "percentile", "mse", "entropy"] = "max"
-    """How activation ranges are set from calibration data. ``max``: the largest |x| seen; the others
-    collect one histogram per activation and clip outliers: ``percentile`` (see calibration_percentile),
-    ``mse`` (minimum quantization error), ``entropy`` (minimum KL divergence, TensorRT's classic choice).
+    calibration_method: Literal["auto", "max", "percentile", "mse", "entropy"] = "auto"
+    """How activation ranges are set from calibration data before KD-QAT. ``auto``: the PTQ baseline with
+    the best eval accuracy (measured as an engine). ``max``: the largest |x| seen; the others collect one
+    histogram per activation and clip outliers: ``percentile`` (see calibration_percentile), ``mse``
+    (minimum quantization error), ``entropy`` (minimum KL divergence, TensorRT's classic choice).
     Weights always use per-channel max."""
     calibration_percentile: float = Field(default=99.99, gt=50.0, le=100.0)
     """Percentile of |activation| kept in range when calibration_method is ``percentile``."""
     calibration_batches: int = Field(default=16, gt=0)
-    """Batches of training data seen by the calibrators before QAT."""
+    """Batches of training data seen by the calibrators."""
     ptq_baselines: list[str] = Field(
         default_factory=lambda: ["max", "percentile:99.9", "percentile:99.99", "entropy", "mse"]
     )
@@ -121,15 +160,21 @@ class QuantizeConfig(_Section):
     def _known_baselines(cls, names: list[str]) -> list[str]:
         return [_check_ptq_baseline(name) for name in names]
 
+    @model_validator(mode="after")
+    def _auto_needs_baselines(self) -> QuantizeConfig:
+        if self.calibration_method == "auto" and not self.ptq_baselines:
+            raise ValueError("calibration_method 'auto' picks the best of ptq_baselines, which is empty")
+        return self
+
     accuracy_budget_points: float = Field(default=0.3, ge=0.0)
     """Automatic choice: the fastest variant whose eval accuracy is at most this many points below the
     teacher's ships (calibration-only before KD-QAT when equally fast)."""
-    student_layers: list[int] | None = None
-    """Smaller student: the teacher's encoder layers it keeps (0-based, e.g. [1, 3, 5] for every other
-    layer of a 6-layer teacher), initialised from them; None = the teacher's architecture."""
+    smaller_student: SmallerStudentConfig | None = SmallerStudentConfig()
+    """A fewer-layer INT8 student measured next to the full-size ones (null: none)."""
+    sensitivity: SensitivityConfig = SensitivityConfig()
     keep_unquantized: list[str] = Field(default_factory=list)
-    """Module name patterns (fnmatch, e.g. ``*encoder.layer.5.output.dense``) whose quantizers stay off:
-    the most sensitive layers found by the sensitivity analysis, kept in higher precision."""
+    """Module name patterns (fnmatch, e.g. ``*encoder.layer.5.output.dense``) whose quantizers stay off in
+    every student: layers known to be sensitive, kept in higher precision."""
     quantize_head: bool = False
     """Quantize the pooler and classifier too. Off: they are a tiny share of compute and NVIDIA's BERT
     recipes keep them in higher precision."""
@@ -137,9 +182,17 @@ class QuantizeConfig(_Section):
     kd_alpha: float = Field(default=0.7, ge=0.0, le=1.0)
     """Weight of the distillation term: loss = alpha*T^2*KL(student/T || teacher/T) + (1-alpha)*CE."""
     hidden_state_weight: float = Field(default=0.0, ge=0.0)
-    """Intermediate-layer distillation: adds this weight times the mean MSE between the student's and the
-    teacher's hidden states (embeddings and every encoder layer). 0 = logits-only distillation."""
-    training: TrainingConfig = TrainingConfig(epochs=1, learning_rate=1e-5, warmup_ratio=0.1)
+    """Intermediate-layer distillation for the full-size student: adds this weight times the mean MSE
+    between the student's and the teacher's hidden states (embeddings and every encoder layer)."""
+    training: TrainingConfig = TrainingConfig(epochs=2, learning_rate=2e-5, warmup_ratio=0.1, early_stopping_patience=1)
+
+    def ptq_baseline_name(self) -> str | None:
+        """The ``ptq_baselines`` entry matching an explicit calibration_method (None for auto)."""
+        if self.calibration_method == "auto":
+            return None
+        if self.calibration_method == "percentile":
+            return f"percentile:{self.calibration_percentile:g}"
+        return self.calibration_method
 
 
 class ExportConfig(_Section):

@@ -1,6 +1,7 @@
-"""The ``train_to_deploy`` flow: data → FP32 teacher → KD-QAT INT8 student → INT8 variant choice (PTQ
-methods vs KD-QAT, as engines on eval) → QDQ ONNX → INT8 engine bundle → validation gates → MLflow
-(candidate) → S3 publish + channel move → MLflow champion.
+"""The ``train_to_deploy`` flow: data → FP32 teacher → PTQ baselines (every calibration method, as
+engines on eval) → KD-QAT INT8 student (from the best calibration) and a smaller KD-QAT student →
+sensitivity analysis + mixed-precision candidate and the automatic INT8 variant choice → QDQ ONNX →
+INT8 engine bundle → validation gates → MLflow (candidate) → S3 publish + channel move → MLflow champion.
 
 The flow only composes tasks and makes the one decision (gates pass → publish and promote; else stop and
 say why). Every stage's logic lives in ``tasks/``.
@@ -19,11 +20,11 @@ from tasks.data import prepare_data_task
 from tasks.engine_build import build_engine_task
 from tasks.export import export_task
 from tasks.publish import publish_task
-from tasks.quantize import train_student_task
+from tasks.quantize import train_smaller_student_task, train_student_task
 from tasks.register import CHAMPION_ALIAS, RegisteredVersion, promote_task, register_task
 from tasks.teacher import train_teacher_task
 from tasks.validate import ValidationReport, validate_task
-from tasks.variants import choose_variant_task
+from tasks.variants import choose_variant_task, ptq_baselines_task
 
 
 @dataclass
@@ -98,8 +99,14 @@ def train_to_deploy(config: PipelineConfig) -> PipelineSummary:
 
     data = prepare_data_task(config.data, str(run_dir / "data"))
     teacher = train_teacher_task(config.teacher, data, str(run_dir / "teacher"))
-    student = train_student_task(config.quantize, teacher, data, str(run_dir / "student"))
-    choice = choose_variant_task(config.quantize, teacher, student, data, str(run_dir / "variants"))
+    ptq = ptq_baselines_task(config.quantize, teacher, data, str(run_dir / "ptq"))
+    student = train_student_task(config.quantize, teacher, data, str(run_dir / "student"), ptq.qat_init.student)
+    smaller = None
+    if config.quantize.smaller_student is not None:
+        smaller = train_smaller_student_task(
+            config.quantize, teacher, data, str(run_dir / "smaller-student"), student.calibration
+        )
+    choice = choose_variant_task(config.quantize, teacher, ptq, student, smaller, data, str(run_dir / "variants"))
     exported = export_task(config.export, choice.chosen.student, teacher, data, str(run_dir / "export"))
     bundle = build_engine_task(
         config.engine,
@@ -114,9 +121,9 @@ def train_to_deploy(config: PipelineConfig) -> PipelineSummary:
     registered = register_task(
         config,
         bundle.directory,
-        report.metrics(),
+        {**report.metrics(), **choice.metrics()},
         report.failure_reasons,
-        [report.report_json, report.report_markdown, choice.report_markdown],
+        [report.report_json, report.report_markdown, choice.report_markdown, choice.report_json],
         flow_run_id,
         choice.tags(),
     )

@@ -6,6 +6,7 @@ Not a stage; holds no Prefect tasks.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 from collections.abc import Callable, Iterator
@@ -225,6 +226,49 @@ def job_fingerprint(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) unless launched by torchrun with a process group."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    """Only rank 0 writes files (checkpoints, results); every rank computes."""
+    return world()[0] == 0
+
+
+def pick_device_for_rank(requested: str) -> torch.device:
+    """``pick_device``, with each torchrun worker on its own GPU (LOCAL_RANK)."""
+    device = pick_device(requested)
+    if device.type == "cuda" and world()[1] > 1:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return device
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if world()[1] > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _agreed(value: float, device: torch.device) -> float:
+    """Rank 0's value on every rank (eval numbers decide early stopping and saving: ranks must agree)."""
+    import torch.distributed as dist
+
+    if world()[1] == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(tensor, src=0)
+    return float(tensor.item())
+
+
 def fine_tune(
     model: torch.nn.Module,
     train: SplitBatches,
@@ -246,12 +290,22 @@ def fine_tune(
     whole trainer state (weights, optimizer, schedule, RNG, history) is written after every epoch, and a
     later call for the same job (equal ``job_fingerprint``: same config, data and starting model)
     continues after the last finished epoch instead of starting over: a retried task resumes.
+
+    Under ``torchrun`` (a torch.distributed process group is initialized) the model is wrapped in
+    DistributedDataParallel, each rank trains on its share of every epoch's batches (gradients averaged),
+    every rank evaluates, rank 0's eval numbers decide, and only rank 0 saves and checkpoints.
     """
     import time
 
     from transformers import get_linear_schedule_with_warmup
 
     seed_everything(config.seed)
+    rank, world_size = world()
+    trained = model
+    if world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
     groups = [
         {
@@ -264,8 +318,9 @@ def fine_tune(
         },
     ]
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
-    steps_per_epoch = (len(train) + config.batch_size - 1) // config.batch_size
-    total_steps = steps_per_epoch * config.epochs
+    steps_per_epoch = ((len(train) + config.batch_size - 1) // config.batch_size) // world_size
+    epochs = max(config.epochs, -(-config.min_steps // max(steps_per_epoch, 1)))
+    total_steps = steps_per_epoch * epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     history: list[EpochRecord] = []
     best_accuracy = baseline_accuracy
@@ -281,16 +336,19 @@ def fine_tune(
         best_accuracy, stale_epochs = resumed["best_accuracy"], resumed["stale_epochs"]
         first_epoch = resumed["epoch"] + 1
         log(f"resuming after epoch {resumed['epoch']} from {checkpoint_dir}")
-    for epoch in range(first_epoch, config.epochs + 1):
+    for epoch in range(first_epoch, epochs + 1):
         if config.early_stopping_patience is not None and stale_epochs >= config.early_stopping_patience:
             log(f"early stop: no eval improvement for {stale_epochs} epoch(s)")
             break
         started = time.perf_counter()
         model.train()
         losses = []
-        for batch, labels in train.iterate(encoder, config.batch_size, shuffle_seed=config.seed + epoch):
+        batches = train.iterate(encoder, config.batch_size, shuffle_seed=config.seed + epoch)
+        if world_size > 1:  # same shuffle on every rank; each takes every world_size-th batch, equal counts
+            batches = itertools.islice(batches, rank, steps_per_epoch * world_size, world_size)
+        for batch, labels in batches:
             inputs = to_torch(batch, device)
-            loss = loss_function(model, inputs, torch.from_numpy(labels).to(device))
+            loss = loss_function(trained, inputs, torch.from_numpy(labels).to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -301,21 +359,22 @@ def fine_tune(
         record = EpochRecord(
             epoch=epoch,
             train_loss=float(np.mean(losses)),
-            eval_accuracy=accuracy(logits.argmax(-1), evaluation.labels),
+            eval_accuracy=_agreed(accuracy(logits.argmax(-1), evaluation.labels), device),
             seconds=time.perf_counter() - started,
         )
         history.append(record)
         log(
-            f"epoch {epoch}/{config.epochs}: train loss {record.train_loss:.4f}, "
+            f"epoch {epoch}/{epochs}: train loss {record.train_loss:.4f}, "
             f"eval accuracy {record.eval_accuracy:.4f} ({record.seconds:.0f} s)"
         )
         if record.eval_accuracy > best_accuracy:
             best_accuracy = record.eval_accuracy
             stale_epochs = 0
-            save_best(model, record)
+            if rank == 0:
+                save_best(model, record)
         else:
             stale_epochs += 1
-        if checkpoint_dir is not None:
+        if checkpoint_dir is not None and rank == 0:
             _save_trainer_state(
                 checkpoint_dir,
                 {
@@ -330,5 +389,6 @@ def fine_tune(
                     "stale_epochs": stale_epochs,
                 },
             )
+    barrier()  # rank 0's files are complete before any rank reads them
     model.eval()
     return history

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
+import re
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +30,19 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from enginekit.bundle import sha256_file, write_json_atomic
-from enginekit.config import QuantizeConfig
+from enginekit.config import QuantizeConfig, TrainingConfig
 from enginekit.tokenization import TextEncoder
 from tasks.data import PreparedData
 from tasks.modeling import (
     EpochRecord,
     SplitBatches,
     accuracy,
+    barrier,
     can_resume,
     fine_tune,
+    is_main_process,
     job_fingerprint,
+    pick_device_for_rank,
     predict_logits,
     seed_everything,
     to_torch,
@@ -116,12 +121,17 @@ def hidden_state_loss(
     return torch.stack(losses).mean()
 
 
-def layer_groups(model: torch.nn.Module) -> dict[str, list[torch.nn.Module]]:
-    """Enabled quantizers grouped by the module they quantize (one group per quantized Linear)."""
+def layer_groups(model: torch.nn.Module, granularity: str = "linear") -> dict[str, list[torch.nn.Module]]:
+    """Enabled quantizers grouped by the module they quantize: one group per quantized Linear
+    (``linear``) or per encoder layer, all its Linears together (``block``)."""
     groups: dict[str, list[torch.nn.Module]] = {}
     for name, module in model.named_modules():
         if type(module).__name__ == "TensorQuantizer" and module.is_enabled:
-            groups.setdefault(name.rsplit(".", 1)[0], []).append(module)
+            group = name.rsplit(".", 1)[0]
+            if granularity == "block":
+                match = re.match(r"(.*\bencoder\.layer\.\d+)\.", group)
+                group = match.group(1) if match else group
+            groups.setdefault(group, []).append(module)
     return groups
 
 
@@ -135,15 +145,20 @@ class LayerSensitivity:
 
 
 def sensitivity_analysis(
-    model: torch.nn.Module, evaluation: SplitBatches, encoder: TextEncoder, device: torch.device, batch_size: int = 128
+    model: torch.nn.Module,
+    evaluation: SplitBatches,
+    encoder: TextEncoder,
+    device: torch.device,
+    batch_size: int = 128,
+    granularity: str = "linear",
 ) -> list[LayerSensitivity]:
-    """Quantize all but one layer, for every quantized layer; most sensitive (largest gain) first.
+    """Quantize all but one layer group, for every group; most sensitive (largest gain) first.
 
     The quantizers are switched off and on again in place; the model ends as it started.
     """
     baseline = accuracy(predict_logits(model, evaluation, encoder, batch_size, device).argmax(-1), evaluation.labels)
     results = []
-    for layer, quantizers in layer_groups(model).items():
+    for layer, quantizers in layer_groups(model, granularity).items():
         for quantizer in quantizers:
             quantizer.disable()
         try:
@@ -171,16 +186,30 @@ def quantized_layer_names(model: torch.nn.Module) -> list[str]:
     ]
 
 
+def parse_method(name: str, default_percentile: float = 99.99) -> tuple[str, float]:
+    """``max`` / ``percentile:<p>`` / ``entropy`` / ``mse`` → (method, percentile)."""
+    method, _, value = name.partition(":")
+    return method, float(value) if value else default_percentile
+
+
 def calibrate(
     model: torch.nn.Module,
     train: SplitBatches,
     encoder: TextEncoder,
     config: QuantizeConfig,
     device: torch.device,
+    method: str | None = None,
 ) -> torch.nn.Module:
-    """Insert INT8 quantizers and calibrate their ranges on training batches (in place)."""
+    """Insert INT8 quantizers and calibrate their ranges on training batches (in place).
+
+    ``method`` is a PTQ baseline name (``max``, ``percentile:99.99``, ...); None = config.calibration_method.
+    """
     import modelopt.torch.quantization as mtq
 
+    name = method or config.ptq_baseline_name()
+    if name is None:
+        raise ValueError("calibration_method 'auto' must be resolved to a measured PTQ baseline first")
+    calibration_method, percentile = parse_method(name, config.calibration_percentile)
     batch_size = config.training.batch_size
 
     def forward_loop(calibrated: torch.nn.Module) -> None:
@@ -190,12 +219,12 @@ def calibrate(
                 calibrated(**to_torch(batch, device))
 
     model.eval()
-    quant_config = int8_quant_config(config.quantize_head, config.calibration_method, config.keep_unquantized)
-    if config.calibration_method == "max":
+    quant_config = int8_quant_config(config.quantize_head, calibration_method, config.keep_unquantized)
+    if calibration_method == "max":
         return mtq.quantize(model, quant_config, forward_loop)
     model = mtq.quantize(model, quant_config, forward_loop=None)  # inserts quantizers, calibrates nothing
     collect_calibration_statistics(model, forward_loop)
-    load_ranges(model, config.calibration_method, config.calibration_percentile)
+    load_ranges(model, calibration_method, percentile)
     return model
 
 
@@ -240,6 +269,12 @@ class StudentResult:
     quantized_layers: int
     student_layers: list[int] | None = None
     """Teacher layers the student kept; None = all (same architecture as the teacher)."""
+    calibration: str = ""
+    """The PTQ baseline its activation ranges came from (``max``, ``percentile:99.99``, ...)."""
+    unquantized_groups: list[str] = field(default_factory=list)
+    """Layer groups kept in floating point on top of the config's (mixed-precision variants)."""
+    distill_history: list[dict[str, float]] = field(default_factory=list)
+    """FP32 distillation epochs before quantization (smaller students)."""
 
     @property
     def checkpoint(self) -> Path:
@@ -279,38 +314,50 @@ def layer_subset(model: torch.nn.Module, keep: list[int]) -> torch.nn.Module:
 
 
 def train_student(
-    config: QuantizeConfig, teacher_result: TeacherResult, data: PreparedData, out_dir: Path, log=print
+    config: QuantizeConfig,
+    teacher_result: TeacherResult,
+    data: PreparedData,
+    out_dir: Path,
+    log=print,
+    *,
+    init: StudentResult | None = None,
+    calibration: str | None = None,
+    student_layers: list[int] | None = None,
+    distill_training: TrainingConfig | None = None,
+    hidden_state_weight: float | None = None,
 ) -> StudentResult:
+    """KD-QAT: a calibrated INT8 student fine-tuned against the frozen FP32 teacher.
+
+    The student starts as ``init`` (a calibrated PTQ student, normally the best baseline measured on eval)
+    or as a fresh copy of the teacher (or of its ``student_layers``) calibrated with ``calibration``.
+    ``distill_training`` adds an FP32 distillation phase before calibration (smaller students).
+    The calibrated student is the baseline QAT must beat on eval; if no epoch does, it is kept as is.
+    """
     import modelopt.torch.opt as mto
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(config.training.seed)
-    device = torch.device(teacher_result.device)
+    device = pick_device_for_rank(teacher_result.device)
+    main_process = is_main_process()
     encoder = TextEncoder(teacher_result.tokenizer_dir, teacher_result.max_seq_length)
     splits = data.load()
     train = SplitBatches.from_dataset(splits["train"])
     evaluation = SplitBatches.from_dataset(splits["eval"])
+    hidden_weight = config.hidden_state_weight if hidden_state_weight is None else hidden_state_weight
+    if init is not None:
+        student_layers, calibration = init.student_layers, init.calibration
+    else:  # 'auto' without measured baselines (direct calls): max, the modelopt default
+        calibration = calibration or config.ptq_baseline_name() or "max"
 
     teacher = teacher_result.load(device)
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
-    student = copy.deepcopy(teacher) if config.student_layers is None else layer_subset(teacher, config.student_layers)
     # Hidden state i of the student (0 = embeddings) is distilled from this hidden state of the teacher.
-    teacher_states = [0] + [layer + 1 for layer in (config.student_layers or range(teacher.config.num_hidden_layers))]
-    for parameter in student.parameters():
-        parameter.requires_grad_(True)
-    disable_dropout(student)
-
-    calibrate(student, train, encoder, config, device)
-    layers = quantized_layer_names(student)
-    ptq_logits = predict_logits(student, evaluation, encoder, config.training.eval_batch_size, device)
-    ptq_accuracy = accuracy(ptq_logits.argmax(-1), evaluation.labels)
-    log(f"calibrated {len(layers)} INT8 quantizers ({config.calibration_method}); PTQ eval accuracy {ptq_accuracy:.4f}")
-
-    with_hidden = config.hidden_state_weight > 0
+    teacher_states = [0] + [layer + 1 for layer in (student_layers or range(teacher.config.num_hidden_layers))]
 
     def kd_loss(model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        with_hidden = hidden_weight > 0
         with torch.no_grad():
             teacher_out = teacher(**inputs, output_hidden_states=with_hidden)
         student_out = model(**inputs, output_hidden_states=with_hidden)
@@ -318,8 +365,38 @@ def train_student(
         if with_hidden:
             mask = inputs["attention_mask"]
             aligned = tuple(teacher_out.hidden_states[index] for index in teacher_states)
-            loss = loss + config.hidden_state_weight * hidden_state_loss(student_out.hidden_states, aligned, mask)
+            loss = loss + hidden_weight * hidden_state_loss(student_out.hidden_states, aligned, mask)
         return loss
+
+    job = job_fingerprint(
+        "kd-qat",
+        config.model_dump(mode="json"),
+        data.fingerprint,
+        sha256_file(teacher_result.model_dir / WEIGHTS_FILE),
+        sha256_file(init.checkpoint) if init else calibration,
+        student_layers,
+        distill_training.model_dump(mode="json") if distill_training else None,
+        hidden_weight,
+    )
+    if init is not None:
+        student = load_student(init, teacher_result, device)
+    else:
+        student = copy.deepcopy(teacher) if student_layers is None else layer_subset(teacher, student_layers)
+    for parameter in student.parameters():
+        parameter.requires_grad_(True)
+    disable_dropout(student)
+
+    distill_history: list[EpochRecord] = []
+    if init is None and distill_training is not None:
+        distill_history = _distill_fp32(
+            student, train, evaluation, encoder, distill_training, device, kd_loss, out_dir, job, log
+        )
+    if init is None:
+        calibrate(student, train, encoder, config, device, calibration)
+    layers = quantized_layer_names(student)
+    ptq_logits = predict_logits(student, evaluation, encoder, config.training.eval_batch_size, device)
+    ptq_accuracy = accuracy(ptq_logits.argmax(-1), evaluation.labels)
+    log(f"{len(layers)} INT8 quantizers ({calibration}); calibrated (PTQ) eval accuracy {ptq_accuracy:.4f}")
 
     checkpoint = out_dir / STUDENT_FILE
 
@@ -329,10 +406,7 @@ def train_student(
         staging.replace(checkpoint)
 
     checkpoint_dir = out_dir / "checkpoint"
-    job = job_fingerprint(
-        "kd-qat", config.model_dump(mode="json"), data.fingerprint, sha256_file(teacher_result.model_dir / WEIGHTS_FILE)
-    )
-    if not can_resume(checkpoint_dir, job):
+    if main_process and not can_resume(checkpoint_dir, job):
         # The calibrated student is the baseline to beat: QAT epochs must improve on it to replace it.
         save_best(student, EpochRecord(0, 0.0, ptq_accuracy, 0.0))
     # Ties go to the distilled student (it has also been trained towards the teacher's distribution).
@@ -350,7 +424,8 @@ def train_student(
         checkpoint_dir=checkpoint_dir,
         job_fingerprint=job,
     )
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # only needed to resume an interrupted run
+    if main_process:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # only needed to resume an interrupted run
     best = max(history, key=lambda record: record.eval_accuracy)
     qat_improved = best.eval_accuracy >= ptq_accuracy
     if not qat_improved:
@@ -362,16 +437,92 @@ def train_student(
         best_epoch=best.epoch if qat_improved else 0,
         history=[asdict(record) for record in history],
         quantized_layers=len(layers),
-        student_layers=config.student_layers,
+        student_layers=student_layers,
+        calibration=calibration or "",
+        distill_history=[asdict(record) for record in distill_history],
     )
-    write_json_atomic(out_dir / "quantize.json", asdict(result))
-    shutil.rmtree(out_dir / f".{STUDENT_FILE}.partial", ignore_errors=True)
+    if main_process:
+        write_json_atomic(out_dir / "quantize.json", asdict(result))
+        shutil.rmtree(out_dir / f".{STUDENT_FILE}.partial", ignore_errors=True)
     return result
+
+
+def _distill_fp32(
+    student: torch.nn.Module,
+    train: SplitBatches,
+    evaluation: SplitBatches,
+    encoder: TextEncoder,
+    training: TrainingConfig,
+    device: torch.device,
+    loss: Callable[..., torch.Tensor],
+    out_dir: Path,
+    job: str,
+    log: Callable[[str], None],
+) -> list[EpochRecord]:
+    """FP32 distillation of a (smaller) student before it is quantized; the best eval epoch is kept."""
+    best_file = out_dir / "distilled-fp32.pt"
+
+    def save_best(model: torch.nn.Module, record: EpochRecord) -> None:
+        staging = best_file.with_suffix(".partial")
+        torch.save(model.state_dict(), staging)
+        staging.replace(best_file)
+
+    history = fine_tune(
+        student,
+        train,
+        evaluation,
+        encoder,
+        training,
+        device,
+        loss,
+        save_best,
+        log,
+        checkpoint_dir=out_dir / "distill-checkpoint",
+        job_fingerprint=job,
+    )
+    student.load_state_dict(torch.load(best_file, map_location=device, weights_only=True))
+    barrier()  # every rank has read the best epoch before rank 0 removes it
+    if is_main_process():
+        shutil.rmtree(out_dir / "distill-checkpoint", ignore_errors=True)
+        best_file.unlink()
+    best = max(history, key=lambda record: record.eval_accuracy)
+    log(f"FP32 distillation: best eval accuracy {best.eval_accuracy:.4f} (epoch {best.epoch})")
+    return history
 
 
 @task(name="kd-qat-int8", cache_policy=NO_CACHE, persist_result=False)
 def train_student_task(
-    config: QuantizeConfig, teacher: TeacherResult, data: PreparedData, out_dir: str
+    config: QuantizeConfig, teacher: TeacherResult, data: PreparedData, out_dir: str, init: StudentResult | None
 ) -> StudentResult:
-    logger = get_run_logger()
-    return train_student(config, teacher, data, Path(out_dir), log=logger.info)
+    return _train(config, teacher, data, Path(out_dir), init=init)
+
+
+def _train(config: QuantizeConfig, teacher: TeacherResult, data: PreparedData, out_dir: Path, **options: Any):
+    """In this process, or across ``config.training.processes`` torchrun workers (tasks.distributed)."""
+    log = get_run_logger().info
+    if config.training.processes > 1:
+        from tasks.distributed import run_student
+
+        return run_student(config, teacher, data, out_dir, log=log, **options)
+    return train_student(config, teacher, data, out_dir, log=log, **options)
+
+
+@task(name="smaller-student-int8", cache_policy=NO_CACHE, persist_result=False)
+def train_smaller_student_task(
+    config: QuantizeConfig, teacher: TeacherResult, data: PreparedData, out_dir: str, calibration: str
+) -> StudentResult:
+    """The fewer-layer student: FP32 distillation, calibration with the method the full student used, KD-QAT."""
+    small = config.smaller_student
+    if small is None:
+        raise ValueError("quantize.smaller_student is not configured")
+    teacher_layers = int(json.loads((teacher.model_dir / "config.json").read_text())["num_hidden_layers"])
+    return _train(
+        config,
+        teacher,
+        data,
+        Path(out_dir),
+        calibration=calibration,
+        student_layers=small.layer_indices(teacher_layers),
+        distill_training=small.distill_training,
+        hidden_state_weight=small.hidden_state_weight,
+    )

@@ -25,10 +25,12 @@ from tasks.data import PreparedData
 from tasks.modeling import (
     EpochRecord,
     SplitBatches,
+    barrier,
     build_classifier,
     fine_tune,
+    is_main_process,
     job_fingerprint,
-    pick_device,
+    pick_device_for_rank,
     resolve_encoder,
     seed_everything,
 )
@@ -66,9 +68,12 @@ def train_teacher(config: TeacherConfig, data: PreparedData, out_dir: Path, log=
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(config.training.seed)
-    device = pick_device(config.device)
+    device = pick_device_for_rank(config.device)
+    main_process = is_main_process()
     tokenizer_dir = out_dir / "tokenizer"
-    save_tokenizer(config.encoder, tokenizer_dir)
+    if main_process:
+        save_tokenizer(config.encoder, tokenizer_dir)
+    barrier()
     encoder = TextEncoder(tokenizer_dir, config.max_seq_length)
 
     splits = data.load()
@@ -107,7 +112,8 @@ def train_teacher(config: TeacherConfig, data: PreparedData, out_dir: Path, log=
         checkpoint_dir=checkpoint_dir,
         job_fingerprint=job,
     )
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # only needed to resume an interrupted run
+    if main_process:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # only needed to resume an interrupted run
     best = max(history, key=lambda record: record.eval_accuracy)
     result = TeacherResult(
         directory=str(out_dir),
@@ -117,11 +123,16 @@ def train_teacher(config: TeacherConfig, data: PreparedData, out_dir: Path, log=
         device=str(device),
         max_seq_length=config.max_seq_length,
     )
-    write_json_atomic(out_dir / "teacher.json", asdict(result))
+    if main_process:
+        write_json_atomic(out_dir / "teacher.json", asdict(result))
     return result
 
 
 @task(name="train-teacher", cache_policy=NO_CACHE, persist_result=False)
 def train_teacher_task(config: TeacherConfig, data: PreparedData, out_dir: str) -> TeacherResult:
     logger = get_run_logger()
+    if config.training.processes > 1:
+        from tasks.distributed import run_teacher
+
+        return run_teacher(config, data, Path(out_dir), log=logger.info)
     return train_teacher(config, data, Path(out_dir), log=logger.info)

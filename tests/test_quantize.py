@@ -114,7 +114,7 @@ def test_histogram_calibration_methods_set_tighter_ranges_than_max(method):
 
     model, split, encoder = _tiny_bert_and_data()
     reference = calibrate(
-        copy.deepcopy(model), split, encoder, QuantizeConfig(calibration_batches=2), torch.device("cpu")
+        copy.deepcopy(model), split, encoder, QuantizeConfig(calibration_batches=2), torch.device("cpu"), "max"
     )
     config = QuantizeConfig(calibration_batches=2, calibration_method=method, calibration_percentile=99.0)
     calibrated = calibrate(copy.deepcopy(model), split, encoder, config, torch.device("cpu"))
@@ -255,13 +255,43 @@ def test_layer_subset_copies_the_chosen_teacher_layers(tiny_build):
 
 
 def test_smaller_student_distills_quantizes_and_exports(tiny_build, tmp_path):
+    from enginekit.config import TrainingConfig
     from tasks.export import export_student
     from tasks.quantize import train_student
 
-    config = tiny_build.config.quantize.model_copy(update={"student_layers": [1], "hidden_state_weight": 0.5})
-    student = train_student(config, tiny_build.teacher, tiny_build.data, tmp_path / "s", lambda _: None)
+    messages = []
+    student = train_student(
+        tiny_build.config.quantize,
+        tiny_build.teacher,
+        tiny_build.data,
+        tmp_path / "s",
+        messages.append,
+        calibration="percentile:99.9",
+        student_layers=[1],
+        distill_training=TrainingConfig(epochs=2, batch_size=16, learning_rate=1e-3),
+        hidden_state_weight=0.5,
+    )
     assert student.student_layers == [1] and student.quantized_layers == 12  # 1 layer x 6 Linear x 2
+    assert student.calibration == "percentile:99.9"
+    assert [record["epoch"] for record in student.distill_history] == [1, 2]  # FP32 phase before calibration
+    assert any(m.startswith("FP32 distillation") for m in messages)
+    assert not (tmp_path / "s" / "distilled-fp32.pt").exists()
     exported = export_student(
         tiny_build.config.export, student, tiny_build.teacher, tiny_build.data, tmp_path / "e", lambda _: None
     )
     assert exported.parity_agreement >= 0.99 and exported.quantize_linear_nodes == 12
+
+
+def test_block_sensitivity_groups_each_encoder_layer(tiny_build):
+    from enginekit.tokenization import TextEncoder
+    from tasks.modeling import SplitBatches
+    from tasks.quantize import layer_groups, sensitivity_analysis
+
+    model = load_student(tiny_build.student, tiny_build.teacher)
+    groups = layer_groups(model, "block")
+    assert sorted(groups) == ["bert.encoder.layer.0", "bert.encoder.layer.1"]
+    assert all(len(quantizers) == 12 for quantizers in groups.values())  # 6 Linear x (input, weight)
+    evaluation = SplitBatches.from_dataset(tiny_build.data.load()["eval"])
+    encoder = TextEncoder(tiny_build.teacher.tokenizer_dir, tiny_build.teacher.max_seq_length)
+    results = sensitivity_analysis(model, evaluation, encoder, torch.device("cpu"), granularity="block")
+    assert {r.layer for r in results} == set(groups)
