@@ -63,7 +63,8 @@ format: venv
 	$(VENV)/bin/ruff check --fix .
 
 typecheck: venv
-	$(VENV)/bin/mypy
+	$(VENV)/bin/python -m infra.tensorrt_stubs --out .state/tensorrt-stubs >/dev/null
+	MYPYPATH=.state/tensorrt-stubs/stubs $(VENV)/bin/mypy
 
 clean:
 	rm -rf $(STATE)/runs

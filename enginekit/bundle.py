@@ -86,6 +86,9 @@ class RuntimeRequirements(_Strict):
     gpu_name: str | None = None
     compute_capability: str | None = None
     """``major.minor`` of the GPU the TensorRT engine was built for."""
+    tensorrt_profiles: list[dict[str, int]] | None = None
+    """TensorRT optimization profiles (batch x sequence ranges) in the engine, in profile-index order."""
+    tensorrt_fp16: bool | None = None
 
 
 class GoldenSpec(_Strict):

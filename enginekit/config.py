@@ -205,8 +205,52 @@ class ExportConfig(_Section):
     neighbouring INT8 step, which moves single logits by up to ~0.6 on MiniLM (mean ~0.008)."""
 
 
+class TensorRTProfile(_Section):
+    """One optimization profile: the batch x sequence range a TensorRT engine is tuned for (opt = the
+    shape its kernels are timed at)."""
+
+    min_batch: int = Field(default=1, gt=0)
+    opt_batch: int = Field(gt=0)
+    max_batch: int = Field(gt=0)
+    min_seq: int = Field(default=1, gt=0)
+    opt_seq: int = Field(gt=0)
+    max_seq: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TensorRTProfile:
+        if not self.min_batch <= self.opt_batch <= self.max_batch:
+            raise ValueError(
+                f"need min_batch <= opt_batch <= max_batch, got {self.min_batch}/{self.opt_batch}/{self.max_batch}"
+            )
+        if not self.min_seq <= self.opt_seq <= self.max_seq:
+            raise ValueError(f"need min_seq <= opt_seq <= max_seq, got {self.min_seq}/{self.opt_seq}/{self.max_seq}")
+        return self
+
+
+class TensorRTConfig(_Section):
+    profiles: list[TensorRTProfile] = Field(
+        default_factory=lambda: [
+            TensorRTProfile(min_batch=1, opt_batch=1, max_batch=4, min_seq=1, opt_seq=16, max_seq=32),
+            TensorRTProfile(min_batch=1, opt_batch=32, max_batch=64, min_seq=1, opt_seq=32, max_seq=64),
+        ],
+        min_length=1,
+    )
+    """Optimization profiles; each batch is run with the smallest profile that covers it. The default has
+    one for short online queries (batch <= 4, <= 32 tokens) and one for everything up to the bundle's
+    limits; one profile must cover engine.max_batch_size x teacher.max_seq_length."""
+    fp16: bool = True
+    """Non-quantized layers (LayerNorm, softmax, residual adds, the head) in FP16, written into the graph by
+    modelopt's ONNX autocast (I/O types kept); the strongly typed network then follows the graph's types."""
+    workspace_mib: int = Field(default=1024, gt=0)
+    builder_optimization_level: int = Field(default=3, ge=0, le=5)
+    timing_cache: str | None = ".state/tensorrt/timing.cache"
+    """Kernel timings reused across builds on the same GPU and TensorRT version (null: none)."""
+
+
 class EngineConfig(_Section):
-    backend: Literal["onnxruntime"] = "onnxruntime"
+    backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    """``onnxruntime``: CPU engine, runs anywhere. ``tensorrt``: GPU engine for the GPU it is built on
+    (needs the ``tensorrt`` package and a CUDA GPU at build and load time)."""
     graph_optimization: Literal["basic", "extended"] = "extended"
     """ORT optimizations baked into the engine file. 'extended' fusions are CPU-EP specific, which the
     manifest records; 'all' (layout) is machine-specific and left to load time."""
@@ -215,6 +259,7 @@ class EngineConfig(_Section):
     max_batch_size: int = Field(default=64, gt=0)
     golden_set_size: int = Field(default=32, gt=0)
     golden_atol: float = Field(default=1e-3, gt=0.0)
+    tensorrt: TensorRTConfig = TensorRTConfig()
 
 
 class ValidateConfig(_Section):
@@ -223,6 +268,18 @@ class ValidateConfig(_Section):
     min_accuracy: float = Field(default=0.0, ge=0.0, le=1.0)
     """Gate: absolute floor for INT8 test accuracy (catches a collapsed teacher, which the relative
     gate would let through)."""
+    min_agreement_with_student: float = Field(default=0.995, ge=0.0, le=1.0)
+    """Gate: argmax agreement of the engine with the PyTorch (fake-quant) student it was built from, on the
+    test rows — the engine computes what was trained and chosen."""
+    min_speedup: float = Field(default=1.2, ge=0.0)
+    """Gate: engine throughput (batch ``throughput_batch_size``) over PyTorch FP32 eager, same process and
+    threads; an INT8 engine that is not faster is refused. 0 disables."""
+    max_latency_p99_ms: float | None = Field(default=50.0, gt=0.0)
+    """Gate: p99 latency budget at batch ``latency_batch_size`` on this machine (null: no budget)."""
+    champion_tolerance_points: float | None = Field(default=0.0, ge=0.0)
+    """Gate (champion/challenger): the new engine may be at most this many points less accurate than the
+    current champion, both run on these same test rows (null: off; passes when there is no champion or it
+    cannot be compared: other labels, or a backend this machine cannot run)."""
     latency_batch_size: int = Field(default=1, gt=0)
     throughput_batch_size: int = Field(default=32, gt=0)
     timing_iterations: int = Field(default=30, gt=0)

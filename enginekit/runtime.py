@@ -87,11 +87,12 @@ def load_engine(bundle_dir: Path, *, threads: int = 0, verify_golden: bool = Tru
         from enginekit.runtime_onnx import OnnxRuntimeEngine
 
         engine: EngineRuntime = OnnxRuntimeEngine(bundle_dir, manifest, threads=threads)
-    else:
-        raise IncompatibleBundleError(
-            f"{bundle_dir}: backend {manifest.backend!r} is not available in this build; this runtime "
-            "loads 'onnxruntime' bundles"
-        )
+    elif manifest.backend == "tensorrt":
+        from enginekit.runtime_tensorrt import TensorRTEngine
+
+        engine = TensorRTEngine(bundle_dir, manifest)
+    else:  # pragma: no cover - the manifest schema admits only the two backends above
+        raise IncompatibleBundleError(f"{bundle_dir}: backend {manifest.backend!r} has no runtime here")
     if verify_golden:
         check_golden(engine, bundle_dir)
     return engine

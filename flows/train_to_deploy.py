@@ -117,7 +117,15 @@ def train_to_deploy(config: PipelineConfig) -> PipelineSummary:
         config.config_hash(),
         str(run_dir / "bundle"),
     )
-    report = validate_task(config.validate_, bundle.directory, teacher, data, str(run_dir / "validation"))
+    report = validate_task(
+        config.validate_,
+        bundle.directory,
+        teacher,
+        data,
+        str(run_dir / "validation"),
+        choice.chosen.student,
+        config.registry,
+    )
     registered = register_task(
         config,
         bundle.directory,

@@ -2,8 +2,14 @@
 
 ONNX Runtime (CPU) backend: the engine file is the QDQ graph optimized offline by ORT at the configured
 level; ORT fuses each Q/DQ + MatMul into integer kernels (MatMulIntegerToFloat) there. The manifest
-records the ORT version that wrote it (the runtime refuses another major.minor) and a golden set: canary
-test texts, their token ids and the engine's logits, replayed before any use of the bundle.
+records the ORT version that wrote it (the runtime refuses another major.minor).
+
+TensorRT (GPU) backend (``engine.backend: tensorrt``): the QDQ graph, its non-quantized ops turned FP16
+by modelopt's ONNX autocast, built into a strongly typed engine (``tasks/tensorrt_build.py``); the
+manifest records the TensorRT version, the GPU and the optimization profiles (the runtime refuses others).
+
+Both: the bundle keeps the portable QDQ ONNX, the tokenizer and a golden set — canary test texts, their
+token ids and the engine's own logits — replayed before any use of the bundle.
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ from tasks.export import ONNX_FILE, OUTPUT_NAME, ExportResult
 from tasks.teacher import TeacherResult
 
 ENGINE_FILE = "engine/model.ort.onnx"
+TENSORRT_ENGINE_FILE = "engine/model.plan"
+TENSORRT_GOLDEN_ATOL = 1e-2
+"""FP16 parts: the engine's logits are replayed on the same GPU, but tactics may differ between loads."""
 GOLDEN_FILE = "golden.json"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
@@ -75,7 +84,7 @@ def golden_rows(data: PreparedData, count: int, seed: int = 7) -> tuple[list[str
     return [texts[i] for i in order], ([pairs[i] for i in order] if pairs else None)
 
 
-def build_onnxruntime_bundle(
+def build_bundle(
     config: EngineConfig,
     model_name: str,
     exported: ExportResult,
@@ -91,9 +100,24 @@ def build_onnxruntime_bundle(
     staging.mkdir(parents=True)
 
     shutil.copy2(exported.onnx_path, staging / ONNX_FILE)
-    ort_version = optimize_for_onnxruntime(
-        staging / ONNX_FILE, staging / ENGINE_FILE, config.graph_optimization, config.intra_op_threads
-    )
+    golden_atol = config.golden_atol
+    if config.backend == "tensorrt":
+        engine_file = TENSORRT_ENGINE_FILE
+        runtime = _build_tensorrt(config, staging, teacher.max_seq_length, log)
+        golden_atol = max(golden_atol, TENSORRT_GOLDEN_ATOL)
+        described = f"TensorRT {runtime.tensorrt_version} on {runtime.gpu_name}"
+    else:
+        engine_file = ENGINE_FILE
+        ort_version = optimize_for_onnxruntime(
+            staging / ONNX_FILE, staging / ENGINE_FILE, config.graph_optimization, config.intra_op_threads
+        )
+        runtime = RuntimeRequirements(
+            backend="onnxruntime",
+            onnxruntime_version=ort_version,
+            execution_provider="CPUExecutionProvider",
+            graph_optimization_level=config.graph_optimization,
+        )
+        described = f"onnxruntime {ort_version}, {config.graph_optimization} optimizations"
     tokenizer_dir = staging / "tokenizer"
     tokenizer_dir.mkdir()
     for name in _TOKENIZER_FILES:
@@ -103,25 +127,18 @@ def build_onnxruntime_bundle(
     dynamic = ["batch", "sequence"]
     manifest = Manifest(
         model_name=model_name,
-        backend="onnxruntime",
+        backend=config.backend,
         precision="int8",
         portable_onnx=ONNX_FILE,
-        engine_file=ENGINE_FILE,
+        engine_file=engine_file,
         inputs=[TensorSpec(name=name, dtype="int64", shape=dynamic) for name in MODEL_INPUT_NAMES],
         outputs=[TensorSpec(name=OUTPUT_NAME, dtype="float32", shape=["batch", len(data.labels)])],
         max_batch_size=config.max_batch_size,
         max_seq_length=teacher.max_seq_length,
         labels=data.labels,
         tokenizer=TokenizerSpec(max_length=teacher.max_seq_length, text_pair=data.text_pair),
-        runtime=RuntimeRequirements(
-            backend="onnxruntime",
-            onnxruntime_version=ort_version,
-            execution_provider="CPUExecutionProvider",
-            graph_optimization_level=config.graph_optimization,
-        ),
-        golden=GoldenSpec(
-            file=GOLDEN_FILE, count=min(config.golden_set_size, data.rows["test"]), atol=config.golden_atol
-        ),
+        runtime=runtime,
+        golden=GoldenSpec(file=GOLDEN_FILE, count=min(config.golden_set_size, data.rows["test"]), atol=golden_atol),
         files=[],
         lineage=lineage,
         created_at=utc_now_iso(),
@@ -140,7 +157,7 @@ def build_onnxruntime_bundle(
     if pairs is not None:
         golden["text_pairs"] = pairs
     write_json_atomic(staging / GOLDEN_FILE, golden)
-    roles = {ONNX_FILE: "onnx_qdq", ENGINE_FILE: "engine", "tokenizer/": "tokenizer", GOLDEN_FILE: "golden"}
+    roles = {ONNX_FILE: "onnx_qdq", engine_file: "engine", "tokenizer/": "tokenizer", GOLDEN_FILE: "golden"}
     manifest = manifest.updated(files=[f.model_dump() for f in describe_files(staging, roles)])
     write_manifest(staging, manifest)
 
@@ -148,11 +165,33 @@ def build_onnxruntime_bundle(
     check_golden(load_engine(staging, threads=config.intra_op_threads, verify_golden=False), staging)
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)
-    log(
-        f"engine bundle {out_dir}: onnxruntime {ort_version}, {config.graph_optimization} optimizations, "
-        f"{len(texts)} golden rows, digest {manifest.digest()[:12]}"
-    )
+    log(f"engine bundle {out_dir}: {described}, {len(texts)} golden rows, digest {manifest.digest()[:12]}")
     return BundleResult(directory=str(out_dir), digest=manifest.digest())
+
+
+def _build_tensorrt(config: EngineConfig, staging: Path, max_seq: int, log) -> RuntimeRequirements:
+    from tasks.tensorrt_build import build_engine_file, fp16_graph
+
+    source = staging / ONNX_FILE
+    work = staging.with_name(staging.name + ".trt-work")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        if config.tensorrt.fp16:
+            fp16_graph(source, work / "model.fp16.onnx")
+            source = work / "model.fp16.onnx"
+        (staging / TENSORRT_ENGINE_FILE).parent.mkdir(parents=True, exist_ok=True)
+        return build_engine_file(
+            source,
+            staging / TENSORRT_ENGINE_FILE,
+            config.tensorrt,
+            MODEL_INPUT_NAMES,
+            config.max_batch_size,
+            max_seq,
+            log,
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @task(name="build-int8-engine", cache_policy=NO_CACHE, persist_result=False)
@@ -166,6 +205,4 @@ def build_engine_task(
     out_dir: str,
 ) -> BundleResult:
     lineage = Lineage(data_fingerprint=data.fingerprint, config_hash=config_hash, code_version=code_version())
-    return build_onnxruntime_bundle(
-        config, model_name, exported, teacher, data, lineage, Path(out_dir), log=get_run_logger().info
-    )
+    return build_bundle(config, model_name, exported, teacher, data, lineage, Path(out_dir), log=get_run_logger().info)

@@ -4,7 +4,12 @@ Accuracy: the engine and the FP32 teacher on the same test rows, with paired sta
 rows carry about one point of standard error, so raw accuracies alone can't tell 0.3 points apart):
 flips against the teacher, an exact McNemar test, and a paired bootstrap interval of the delta.
 Speed: engine vs PyTorch FP32 eager (inference mode, same thread count) in the same process, on the same
-pre-tokenized test batches. Gate: the accuracy drop must not exceed ``max_accuracy_drop`` points.
+pre-tokenized test batches.
+
+Gates (``validate`` in the config), each with its reason in the report, MLflow and the Prefect artifact:
+accuracy drop vs the teacher, an absolute accuracy floor, agreement with the PyTorch student the engine
+was built from, speedup over FP32 (INT8 that is not faster is refused), a p99 latency budget, and
+champion/challenger (not less accurate than the current champion on these same test rows).
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from enginekit.bundle import read_manifest, write_json_atomic, write_manifest
-from enginekit.config import ValidateConfig
-from enginekit.runtime import load_engine
+from enginekit.config import RegistryConfig, ValidateConfig
+from enginekit.runtime import EngineRuntime, IncompatibleBundleError, load_engine
 from enginekit.tokenization import EncodedBatch
 from tasks.data import PreparedData
 from tasks.modeling import SplitBatches, accuracy, macro_f1, predict_logits, to_torch
+from tasks.quantize import StudentResult, load_student
 from tasks.teacher import TeacherResult
 
 
@@ -191,6 +197,93 @@ def min_accuracy_gate(engine_accuracy: float, floor: float) -> GateDecision:
     )
 
 
+def agreement_gate(engine_predictions: np.ndarray, student_predictions: np.ndarray, minimum: float) -> GateDecision:
+    agreement = float(np.mean(engine_predictions == student_predictions)) if len(engine_predictions) else 1.0
+    differ = int(np.sum(engine_predictions != student_predictions))
+    return GateDecision(
+        name="agreement_with_student",
+        passed=agreement >= minimum - 1e-12,
+        detail=f"engine vs PyTorch student argmax agreement {100 * agreement:.2f}% ({differ} of "
+        f"{len(engine_predictions)} rows differ; required ≥ {100 * minimum:.2f}%)",
+    )
+
+
+def speedup_gate(speedup: float, minimum: float) -> GateDecision:
+    return GateDecision(
+        name="speedup",
+        passed=minimum <= 0 or speedup >= minimum,
+        detail=f"throughput ×{speedup:.2f} vs PyTorch FP32 eager in the same process (required ≥ ×{minimum:.2f})",
+    )
+
+
+def latency_gate(p99_ms: float, budget_ms: float | None) -> GateDecision:
+    return GateDecision(
+        name="latency_p99",
+        passed=budget_ms is None or p99_ms <= budget_ms,
+        detail=f"p99 {p99_ms:.2f} ms (budget {'none' if budget_ms is None else f'{budget_ms:.2f} ms'})",
+    )
+
+
+@dataclass(frozen=True)
+class ChampionScore:
+    version: str
+    accuracy: float | None
+    """None: there is a champion but it cannot be compared here (see ``note``)."""
+    note: str = ""
+
+
+def champion_gate(engine_accuracy: float, champion: ChampionScore | None, tolerance: float | None) -> GateDecision:
+    name = "champion_challenger"
+    if tolerance is None:
+        return GateDecision(name, True, "off (validate.champion_tolerance_points is null)")
+    if champion is None:
+        return GateDecision(name, True, "no champion yet: nothing to compare with")
+    if champion.accuracy is None:
+        return GateDecision(name, True, f"champion version {champion.version} not comparable: {champion.note}")
+    delta = 100 * (engine_accuracy - champion.accuracy)
+    return GateDecision(
+        name,
+        delta >= -tolerance - 1e-9,
+        f"challenger {100 * engine_accuracy:.2f}% vs champion version {champion.version} "
+        f"{100 * champion.accuracy:.2f}% on the same test rows: {delta:+.2f} points (allowed ≥ {-tolerance:+.2f})",
+    )
+
+
+def score_champion(
+    registry: RegistryConfig,
+    model_name: str,
+    labels: list[str],
+    texts: list[str],
+    pairs: list[str] | None,
+    gold: np.ndarray,
+    threads: int,
+    log=print,
+) -> ChampionScore | None:
+    """The current champion engine's accuracy on these rows; None when the model has no champion."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from enginekit.mlflow_model import BUNDLE_ARTIFACT
+    from enginekit.runtime import predict_logits as engine_logits
+    from tasks.register import CHAMPION_ALIAS, client_for
+
+    client = client_for(registry)
+    try:
+        version = client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
+    except MlflowException:
+        return None  # no such model or no champion alias yet
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{model_name}/{version.version}"))
+        engine: EngineRuntime = load_engine(local / "artifacts" / BUNDLE_ARTIFACT, threads=threads)
+    except (IncompatibleBundleError, OSError, MlflowException) as error:
+        log(f"champion version {version.version} cannot be run here: {error}")
+        return ChampionScore(version.version, None, f"cannot run here ({type(error).__name__}: {error})")
+    if engine.manifest.labels != labels:
+        return ChampionScore(version.version, None, "it predicts a different label set")
+    predictions = engine_logits(engine, texts, pairs).argmax(-1)
+    return ChampionScore(version.version, accuracy(predictions, gold))
+
+
 def render_markdown(report: ValidationReport, model_name: str) -> str:
     c = report.comparison
     lines = [
@@ -231,7 +324,11 @@ def validate_engine(
     data: PreparedData,
     out_dir: Path,
     log=print,
+    *,
+    student: StudentResult | None = None,
+    registry: RegistryConfig | None = None,
 ) -> ValidationReport:
+    """Measure the bundle against the teacher (and its own student, and the champion when given)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
@@ -251,13 +348,25 @@ def validate_engine(
     latency_batches = [b for b, _ in test.iterate(encoder, config.latency_batch_size)][:64]
     throughput_batches = [b for b, _ in test.iterate(encoder, config.throughput_batch_size)][:16]
 
+    # The fair baseline runs where the engine runs: CPU for ONNX Runtime, the GPU for TensorRT.
+    gpu_engine = engine.manifest.backend == "tensorrt"
+    baseline_device = torch.device("cuda") if gpu_engine else cpu
+    baseline_model = teacher.load(baseline_device) if gpu_engine else teacher_model
+
     def run_teacher(batch: EncodedBatch) -> object:
         with torch.inference_mode():
-            return teacher_model(**to_torch(batch, cpu)).logits
+            logits = baseline_model(**to_torch(batch, baseline_device)).logits
+            if gpu_engine:
+                torch.cuda.synchronize()
+            return logits
 
     speed = [
-        measure_speed("PyTorch FP32 eager", run_teacher, latency_batches, throughput_batches, config),
-        measure_speed("ONNX Runtime INT8 engine", engine.run, latency_batches, throughput_batches, config),
+        measure_speed(
+            f"PyTorch FP32 eager ({baseline_device.type})", run_teacher, latency_batches, throughput_batches, config
+        ),
+        measure_speed(
+            f"{engine.manifest.backend} INT8 engine", engine.run, latency_batches, throughput_batches, config
+        ),
     ]
     report = ValidationReport(
         test_rows=len(test),
@@ -273,6 +382,17 @@ def validate_engine(
     )
     report.gates.append(accuracy_gate(report.teacher_accuracy, report.engine_accuracy, config.max_accuracy_drop))
     report.gates.append(min_accuracy_gate(report.engine_accuracy, config.min_accuracy))
+    if student is not None:
+        student_model = load_student(student, teacher, cpu)
+        student_pred = predict_logits(student_model, test, encoder, 128, cpu).argmax(-1)
+        report.gates.append(agreement_gate(engine_pred, student_pred, config.min_agreement_with_student))
+    report.gates.append(speedup_gate(report.speedup_throughput, config.min_speedup))
+    report.gates.append(latency_gate(speed[1].latency_p99_ms, config.max_latency_p99_ms))
+    if registry is not None and config.champion_tolerance_points is not None:
+        champion = score_champion(
+            registry, engine.manifest.model_name, data.labels, test.texts, test.pairs, test.labels, threads, log
+        )
+        report.gates.append(champion_gate(report.engine_accuracy, champion, config.champion_tolerance_points))
 
     manifest = read_manifest(Path(bundle_dir))
     write_manifest(Path(bundle_dir), manifest.updated(metrics=report.metrics()))
@@ -290,9 +410,24 @@ def validate_engine(
 
 @task(name="validate-engine", cache_policy=NO_CACHE, persist_result=False)
 def validate_task(
-    config: ValidateConfig, bundle_dir: str, teacher: TeacherResult, data: PreparedData, out_dir: str
+    config: ValidateConfig,
+    bundle_dir: str,
+    teacher: TeacherResult,
+    data: PreparedData,
+    out_dir: str,
+    student: StudentResult | None = None,
+    registry: RegistryConfig | None = None,
 ) -> ValidationReport:
-    report = validate_engine(config, Path(bundle_dir), teacher, data, Path(out_dir), log=get_run_logger().info)
+    report = validate_engine(
+        config,
+        Path(bundle_dir),
+        teacher,
+        data,
+        Path(out_dir),
+        log=get_run_logger().info,
+        student=student,
+        registry=registry,
+    )
     create_table_artifact(
         key="int8-validation",
         table=[{"metric": name, "value": round(value, 5)} for name, value in report.metrics().items()]

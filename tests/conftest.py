@@ -61,7 +61,13 @@ def tiny_config_mapping(data_dir: Path, work_dir: Path, **sections) -> dict:
         },
         "export": {"parity_rows": 60},
         "engine": {"golden_set_size": 8},
-        "validate": {"timing_iterations": 6, "warmup_iterations": 1, "bootstrap_samples": 200},
+        "validate": {
+            "timing_iterations": 6,
+            "warmup_iterations": 1,
+            "bootstrap_samples": 200,
+            "min_agreement_with_student": 0.95,
+            "min_speedup": 0.0,
+        },
         "registry": {
             "tracking_uri": f"sqlite:///{work_dir / 'mlflow' / 'mlflow.db'}",
             "artifact_location": str(work_dir / "mlflow" / "artifacts"),
@@ -98,7 +104,7 @@ def tiny_build(tmp_path_factory) -> TinyBuild:
     from enginekit.bundle import Lineage
     from enginekit.config import config_from_mapping
     from tasks.data import prepare_data
-    from tasks.engine_build import build_onnxruntime_bundle
+    from tasks.engine_build import build_bundle
     from tasks.export import export_student
     from tasks.quantize import train_student
     from tasks.teacher import train_teacher
@@ -111,7 +117,7 @@ def tiny_build(tmp_path_factory) -> TinyBuild:
     student = train_student(config.quantize, teacher, data, root / "student", log=lambda _: None)
     exported = export_student(config.export, student, teacher, data, root / "export", log=lambda _: None)
     lineage = Lineage(data_fingerprint=data.fingerprint, config_hash=config.config_hash(), code_version="test")
-    bundle = build_onnxruntime_bundle(
+    bundle = build_bundle(
         config.engine,
         config.model_name,
         exported,

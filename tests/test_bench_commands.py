@@ -37,3 +37,50 @@ def test_accuracy_table_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
 
     assert main([str(tmp_path)]) == 2
     assert "not a finished run directory" in capsys.readouterr().err
+
+
+def test_engines_bench_prints_every_row_and_the_targets(tiny_build, tmp_path):
+    from bench import engines
+    from enginekit.config import SensitivityConfig
+    from tasks.variants import choose_int8_variant, measure_ptq_baselines
+
+    run = tmp_path / "run"
+    for stage in ("data", "teacher"):
+        (run / stage).mkdir(parents=True)
+        shutil.copy(tiny_build.bundle_dir.parent / stage / f"{stage}.json", run / stage)
+    config = tiny_build.config.quantize.model_copy(
+        update={"ptq_baselines": ["max"], "sensitivity": SensitivityConfig(enabled=False)}
+    )
+    ptq = measure_ptq_baselines(config, tiny_build.teacher, tiny_build.data, run / "ptq")
+    choose_int8_variant(
+        config, tiny_build.teacher, ptq, tiny_build.student, None, tiny_build.data, run / "variants", lambda _: None
+    )
+    shutil.copytree(tiny_build.bundle_dir, run / "bundle")
+    assert engines.main([str(run), "--threads", "1"]) == 0
+    result = json.loads((run / "engines_bench.json").read_text())
+    names = [row["name"] for row in result["rows"]]
+    assert names[:4] == [
+        "PyTorch FP32 eager",
+        "ONNX Runtime FP32",
+        "ONNX Runtime FP32, transformer fusions",
+        "ONNX Runtime dynamic INT8 (fused graph)",
+    ]
+    assert any(name.startswith("shipped engine bundle") for name in names) and result["peak_gops"] > 0
+    for row in result["rows"]:
+        if row["rows_per_s"] is not None:
+            assert row["p50_ms"] <= row["p99_ms"] and 0 <= row["accuracy"] <= 1 and row["rows_per_s"] > 0
+    table = (run / "engines_bench.md").read_text()
+    assert "Targets (shipped engine, this run):" in table and table.count("- ") >= 4
+
+
+def test_tensorrt_check_says_what_is_missing_here(capsys):
+    import importlib.util
+
+    import pytest
+
+    from bench.tensorrt_check import main
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here: the check would run for real")
+    assert main([]) == 2
+    assert "no `tensorrt` package here" in capsys.readouterr().err

@@ -64,3 +64,32 @@ def test_measure_speed_orders_a_slow_and_a_fast_function():
 def test_min_accuracy_gate():
     assert min_accuracy_gate(0.5, 0.5).passed
     assert not min_accuracy_gate(0.4999, 0.5).passed
+
+
+def test_each_added_gate_decides_on_its_threshold():
+    import numpy as np
+
+    from tasks.validate import ChampionScore, agreement_gate, champion_gate, latency_gate, speedup_gate
+
+    engine = np.array([0, 1, 2, 1] * 50)
+    student = engine.copy()
+    assert agreement_gate(engine, student, 0.995).passed
+    student[0] = 2  # one row of 200 differs: 99.5% agreement
+    assert agreement_gate(engine, student, 0.995).passed
+    student[1] = 2
+    decision = agreement_gate(engine, student, 0.995)
+    assert not decision.passed and "99.00%" in decision.detail and "2 of 200 rows differ" in decision.detail
+
+    assert speedup_gate(1.5, 1.2).passed and not speedup_gate(0.9, 1.0).passed
+    assert "×0.90" in speedup_gate(0.9, 1.0).detail and speedup_gate(0.5, 0.0).passed  # 0 disables
+
+    assert latency_gate(3.0, 5.0).passed and not latency_gate(6.0, 5.0).passed and latency_gate(99.0, None).passed
+
+    assert champion_gate(0.80, None, 0.0).passed  # no champion yet
+    assert champion_gate(0.80, ChampionScore("3", 0.90), None).passed  # gate off
+    assert champion_gate(0.90, ChampionScore("3", 0.90), 0.0).passed
+    worse = champion_gate(0.895, ChampionScore("3", 0.90), 0.0)
+    assert not worse.passed and "version 3" in worse.detail and "-0.50 points" in worse.detail
+    assert champion_gate(0.895, ChampionScore("3", 0.90), 0.5).passed
+    unknown = champion_gate(0.5, ChampionScore("4", None, "it predicts a different label set"), 0.0)
+    assert unknown.passed and "not comparable" in unknown.detail
