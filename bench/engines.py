@@ -168,6 +168,7 @@ def _bench(run: Path, threads: int, out: Path | None) -> int:
     from enginekit.runtime import load_engine
     from enginekit.tokenization import TextEncoder
     from tasks.data import PreparedData
+    from tasks.engine_build import transformer_fusions
     from tasks.export import export_onnx
     from tasks.modeling import SplitBatches, accuracy
     from tasks.quantize import StudentResult, load_student
@@ -234,6 +235,10 @@ def _bench(run: Path, threads: int, out: Path | None) -> int:
         path = work / f"{candidate['kind']}.qdq.onnx"
         export_onnx(load_student(student, teacher_result), encoder, path, 17)
         rows.append(measure(label, ort_session(path, threads)))
+        if candidate["kind"] == "kd_qat":  # what the engine build adds: ORT's transformer fusions on the QDQ graph
+            fused_qdq = work / "kd_qat.fused.onnx"
+            transformer_fusions(path, fused_qdq)
+            rows.append(measure(label + " + transformer fusions", ort_session(fused_qdq, threads)))
     small = by_kind.get("smaller_student")
     if small:
         student = StudentResult(**small["student"])

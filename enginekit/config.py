@@ -254,6 +254,9 @@ class EngineConfig(_Section):
     graph_optimization: Literal["basic", "extended"] = "extended"
     """ORT optimizations baked into the engine file. 'extended' fusions are CPU-EP specific, which the
     manifest records; 'all' (layout) is machine-specific and left to load time."""
+    transformer_fusions: bool = True
+    """Run ONNX Runtime's transformer optimizer on the QDQ graph first (SkipLayerNormalization, BiasGelu;
+    the INT8 MatMuls are untouched): same outputs; a small gain on QDQ graphs (BENCHMARKS.md section 5)."""
     intra_op_threads: int = Field(default=0, ge=0)
     """0 = ONNX Runtime's default (one per physical core)."""
     max_batch_size: int = Field(default=64, gt=0)
