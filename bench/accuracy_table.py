@@ -51,7 +51,7 @@ def _table(run: Path) -> int:
     from tasks.modeling import SplitBatches
     from tasks.quantize import StudentResult
     from tasks.teacher import TeacherResult
-    from tasks.variants import reference_on, render_markdown, score_candidate, teacher_layer_count
+    from tasks.variants import reference_on, render_markdown, score_candidate
 
     data = PreparedData(**json.loads((run / "data" / "data.json").read_text()))
     teacher = TeacherResult(**json.loads((run / "teacher" / "teacher.json").read_text()))
@@ -62,7 +62,7 @@ def _table(run: Path) -> int:
     test = SplitBatches.from_dataset(data.load()["test"])
     work = Path(tempfile.mkdtemp(prefix="accuracy-table-"))
     reference = reference_on(teacher, test, encoder, work, len(data.labels))
-    layers = teacher_layer_count(teacher)
+    layers = teacher.num_layers
     candidates = []
     for saved in variants["candidates"]:
         student = StudentResult(**saved["student"])

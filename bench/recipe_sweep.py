@@ -90,7 +90,7 @@ def sweep_one(data_dir: Path, encoder_dir: str, work: Path, log, device: str = "
     from tasks.modeling import SplitBatches, predict_logits
     from tasks.quantize import train_student
     from tasks.teacher import train_teacher
-    from tasks.variants import choose_int8_variant, measure_ptq_baselines, score_candidate, teacher_layer_count
+    from tasks.variants import choose_int8_variant, measure_ptq_baselines, score_candidate
 
     description = json.loads((data_dir / "data.json").read_text())
     data = FilePreparedData(**{**description, "directory": str(data_dir)})
@@ -112,7 +112,7 @@ def sweep_one(data_dir: Path, encoder_dir: str, work: Path, log, device: str = "
     test = SplitBatches.from_dataset(data.load()["test"])
     cpu = torch.device("cpu")
     teacher_test = predict_logits(teacher.load(cpu), test, encoder, 128, cpu).argmax(-1)
-    layers = teacher_layer_count(teacher)
+    layers = teacher.num_layers
     result["teacher"] = {"eval": ptq.reference.accuracy, "test": float(np.mean(teacher_test == test.labels))}
     result["teacher_epochs"] = len(teacher.history)
     result["ptq_seconds"] = time.perf_counter() - started - result["teacher_seconds"]

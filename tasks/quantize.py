@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import re
 import shutil
 from collections.abc import Callable
@@ -515,7 +514,7 @@ def train_smaller_student_task(
     small = config.smaller_student
     if small is None:
         raise ValueError("quantize.smaller_student is not configured")
-    teacher_layers = int(json.loads((teacher.model_dir / "config.json").read_text())["num_hidden_layers"])
+    teacher_layers = teacher.num_layers
     return _train(
         config,
         teacher,

@@ -9,6 +9,7 @@ Output (``out_dir``)::
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,6 +49,11 @@ class TeacherResult:
     @property
     def model_dir(self) -> Path:
         return Path(self.directory) / "model"
+
+    @property
+    def num_layers(self) -> int:
+        """Encoder layers of the trained teacher (from its saved config)."""
+        return int(json.loads((self.model_dir / "config.json").read_text())["num_hidden_layers"])
 
     @property
     def tokenizer_dir(self) -> Path:

@@ -249,12 +249,6 @@ def score_candidate(
     )
 
 
-def teacher_layer_count(teacher_result: TeacherResult) -> int:
-    import json
-
-    return int(json.loads((teacher_result.model_dir / "config.json").read_text())["num_hidden_layers"])
-
-
 def measure_ptq_baselines(
     config: QuantizeConfig, teacher_result: TeacherResult, data: PreparedData, out_dir: Path, log=print
 ) -> PtqBaselines:
@@ -263,7 +257,7 @@ def measure_ptq_baselines(
     encoder = TextEncoder(teacher_result.tokenizer_dir, teacher_result.max_seq_length)
     evaluation = SplitBatches.from_dataset(data.load()["eval"])
     reference = reference_on(teacher_result, evaluation, encoder, out_dir, len(data.labels))
-    teacher_layers = teacher_layer_count(teacher_result)
+    teacher_layers = teacher_result.num_layers
     candidates = []
     for name, student in ptq_students(config, teacher_result, data, out_dir):
         candidates.append(
@@ -378,7 +372,7 @@ def choose_int8_variant(
     evaluation = SplitBatches.from_dataset(data.load()["eval"])
     reference = ptq.reference
     teacher_predictions = reference.predictions()
-    teacher_layers = teacher_layer_count(teacher_result)
+    teacher_layers = teacher_result.num_layers
 
     def score(name: str, kind: VariantKind, student: StudentResult, speed: float | None = None) -> Candidate:
         candidate = score_candidate(
