@@ -63,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     from enginekit.tokenization import TextEncoder
     from tasks.demo_dataset import generate_demo_dataset
     from tasks.export import export_onnx, onnx_logits
-    from tasks.modeling import SplitBatches, build_classifier, fine_tune, predict_logits, resolve_encoder
+    from tasks.modeling import SplitBatches, build_classifier, predict_logits, resolve_encoder
     from tasks.quantize import calibrate, disable_dropout, distillation_loss, quantized_layer_names
+    from tasks.training import fine_tune
 
     if not torch.cuda.is_available():
         print("error: torch sees no CUDA device; this check is for GPU machines", file=sys.stderr)
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     teacher_config = TeacherConfig(
         encoder=arguments.encoder,
         device="cuda",
-        training=TrainingConfig(epochs=arguments.teacher_epochs, learning_rate=1e-4),
+        training=TrainingConfig(epochs=arguments.teacher_epochs, schedule="linear", min_steps=0),
     )
     encoder = TextEncoder(Path(resolve_encoder(arguments.encoder)), teacher_config.max_seq_length)
     summary: dict[str, object] = {
@@ -106,17 +107,18 @@ def main(argv: list[str] | None = None) -> int:
     def keep_teacher(model, record):
         best_teacher.update({k: v.detach().clone() for k, v in model.state_dict().items()})
 
-    history = fine_tune(
+    outcome = fine_tune(
         teacher, train, evaluation, encoder, teacher_config.training, device, cross_entropy, keep_teacher
     )
     teacher.load_state_dict(best_teacher)
     teacher.eval()
-    summary["teacher_epochs"] = [vars(record) for record in history]
+    summary["teacher_epochs"] = [vars(record) for record in outcome.history]
     summary["teacher_parameter_dtype"] = str(next(teacher.parameters()).dtype)
 
     import copy
 
-    quantize_config = QuantizeConfig(training=TrainingConfig(epochs=arguments.qat_epochs, learning_rate=1e-5))
+    qat_training = QuantizeConfig().training.model_copy(update={"epochs": arguments.qat_epochs, "learning_rate": 1e-5})
+    quantize_config = QuantizeConfig(training=qat_training)
     student = copy.deepcopy(teacher)
     disable_dropout(student)
     started = time.perf_counter()
@@ -134,10 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             model(**inputs).logits, teacher_logits, target, quantize_config.kd_temperature, quantize_config.kd_alpha
         )
 
-    qat_history = fine_tune(
-        student, train, evaluation, encoder, quantize_config.training, device, kd_loss, lambda m, r: None
-    )
-    summary["qat_epochs"] = [vars(record) for record in qat_history]
+    qat = fine_tune(student, train, evaluation, encoder, quantize_config.training, device, kd_loss, lambda m, r: None)
+    summary["qat_epochs"] = [vars(record) for record in qat.history]
 
     onnx_path = work / "model.qdq.onnx"
     export_onnx(student, encoder, onnx_path, 17)  # moves the student to the CPU

@@ -26,6 +26,24 @@ class _Section(BaseModel):
     # Unknown keys are typos until proven otherwise; strict types stop "3" silently becoming 3.
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _partial_subsections_keep_their_defaults(cls, raw: Any) -> Any:
+        """A sub-section given in part keeps *this* section's default for every key it leaves out.
+
+        Without this, ``quantize: {training: {learning_rate: 1e-5}}`` would silently take TrainingConfig's
+        field defaults (the teacher's 20-epoch plateau recipe) for everything else instead of KD-QAT's own.
+        """
+        if not isinstance(raw, dict):
+            return raw
+        merged = dict(raw)
+        for name, info in cls.model_fields.items():
+            key = info.alias if info.alias in merged else name
+            given = merged.get(key)
+            if isinstance(given, dict) and isinstance(info.default, BaseModel):
+                merged[key] = {**info.default.model_dump(by_alias=True), **given}
+        return merged
+
 
 class DemoDataConfig(_Section):
     seed: int = 20261128
@@ -74,24 +92,75 @@ class RandomEncoderConfig(_Section):
         return self
 
 
+class LearningRateProbeConfig(_Section):
+    """A short probe that picks the learning rate: ``steps`` optimizer steps at each candidate rate from the
+    same start, each scored on ``eval_rows`` eval rows; the best one's model and optimizer continue as the
+    run (its steps count). Costs (candidates - 1) x steps of training."""
+
+    enabled: bool = False
+    learning_rates: list[float] = Field(default_factory=lambda: [5e-5, 1e-4, 2e-4], min_length=2)
+    steps: int = Field(default=200, gt=0)
+    eval_rows: int = Field(default=1000, gt=0)
+    """Eval rows (a fixed random subset) that score each candidate."""
+
+    @field_validator("learning_rates")
+    @classmethod
+    def _positive_rates(cls, rates: list[float]) -> list[float]:
+        if any(rate <= 0 for rate in rates):
+            raise ValueError(f"learning rates must be > 0, got {rates}")
+        return rates
+
+
 class TrainingConfig(_Section):
-    epochs: int = Field(default=3, gt=0)
-    min_steps: int = Field(default=0, ge=0)
-    """Train at least this many optimizer steps: small datasets get more epochs than ``epochs`` (one recipe
-    for datasets of any size); early stopping still ends a run that stopped improving."""
+    """One training phase (teacher, FP32 distillation, KD-QAT); the loop is ``tasks/training.py``.
+
+    The field defaults are the recipe for training to convergence (the teacher's and the smaller student's
+    FP32 distillation): warmup, a constant rate while the eval split improves, a short decay once it stops,
+    ``epochs`` only a ceiling. KD-QAT overrides them with its short linear schedule (QuantizeConfig)."""
+
+    epochs: int = Field(default=20, gt=0)
+    """Ceiling on epochs (schedule ``plateau``: training normally ends earlier, when eval stops improving,
+    and a warning says so when it did not), or the planned length (schedule ``linear``)."""
+    schedule: Literal["plateau", "linear"] = "plateau"
+    """``plateau``: linear warmup, constant learning rate while eval accuracy improves; once it has not
+    improved by more than early_stopping_min_delta for early_stopping_patience epochs, a linear decay to
+    zero over decay_epochs epochs, then stop (no epoch count is planned). ``linear``: warmup, then linear
+    decay to zero at the end of ``epochs`` (the classic fixed-length schedule)."""
+    min_steps: int = Field(default=500, ge=0)
+    """Train at least this many optimizer steps before stopping: on a small dataset an epoch is few steps,
+    so a plateau of a few epochs would stop it too early (``linear``: extends the planned epochs)."""
     batch_size: int = Field(default=32, gt=0)
-    learning_rate: float = Field(default=5e-5, gt=0.0)
+    learning_rate: float = Field(default=1e-4, gt=0.0)
+    """Peak learning rate. 1e-4 was measured best (or within noise of it) for the MiniLM-size teacher on
+    three datasets (BENCHMARKS.md section 6); larger encoders usually want less (BERT-base: 2e-5 to 5e-5)."""
+    learning_rate_probe: LearningRateProbeConfig = LearningRateProbeConfig()
     weight_decay: float = Field(default=0.01, ge=0.0)
     warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)
-    """Share of optimizer steps with linearly rising learning rate."""
+    """Share of the planned steps with a linearly rising learning rate: all steps for ``linear``; for
+    ``plateau``, which plans no end, the minimum run (the larger of min_steps and one epoch)."""
     max_grad_norm: float = Field(default=1.0, gt=0.0)
     eval_batch_size: int = Field(default=128, gt=0)
     seed: int = 42
-    early_stopping_patience: int | None = Field(default=None, gt=0)
-    """Stop after this many epochs without a better eval accuracy; None trains every epoch."""
+    early_stopping_patience: int | None = Field(default=2, gt=0)
+    """Epochs without an eval improvement (of more than early_stopping_min_delta) that count as a plateau:
+    ``plateau`` then decays and stops; ``linear`` stops at once. None: ``linear`` trains every epoch."""
+    early_stopping_min_delta: float = Field(default=0.001, ge=0.0, lt=1.0)
+    """An epoch improves only if its eval accuracy beats the last improvement by more than this (a share:
+    0.001 = 0.1 points), so noise-level wiggles do not prolong training. The best epoch is kept either way."""
+    decay_epochs: int = Field(default=1, gt=0)
+    """``plateau``: epochs of linear decay to zero after the plateau (or at the end of the ceiling)."""
     processes: int = Field(default=1, ge=1)
     """Data-parallel worker processes for this training stage, launched with ``torchrun`` (one per GPU,
     NCCL; on CPU, gloo). batch_size is per process: the global batch is batch_size x processes."""
+
+    @model_validator(mode="after")
+    def _schedule_fits(self) -> TrainingConfig:
+        if self.schedule == "plateau":
+            if self.early_stopping_patience is None:
+                raise ValueError("schedule 'plateau' needs early_stopping_patience (epochs that make a plateau)")
+            if self.decay_epochs >= self.epochs:
+                raise ValueError(f"decay_epochs ({self.decay_epochs}) must be below the epochs ceiling ({self.epochs})")
+        return self
 
 
 class TeacherConfig(_Section):
@@ -103,7 +172,8 @@ class TeacherConfig(_Section):
     max_seq_length: int = Field(default=64, gt=2, le=512)
     """Tokens per sequence, special tokens included; longer texts are truncated."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    training: TrainingConfig = TrainingConfig(epochs=3, min_steps=500, early_stopping_patience=2)
+    training: TrainingConfig = TrainingConfig()
+    """Trained until the eval split stops improving (TrainingConfig's defaults)."""
 
 
 class SmallerStudentConfig(_Section):
@@ -112,11 +182,9 @@ class SmallerStudentConfig(_Section):
 
     layers: list[int] | Literal["every_other"] = "every_other"
     """Teacher encoder layers it keeps (0-based, e.g. [0, 2, 4]); ``every_other`` = 0, 2, 4, ..."""
-    distill_training: TrainingConfig = TrainingConfig(
-        epochs=3, min_steps=500, learning_rate=1e-4, warmup_ratio=0.1, early_stopping_patience=2
-    )
-    """The FP32 distillation phase before quantization (removed layers leave more to relearn than QAT's
-    short, gentle schedule can)."""
+    distill_training: TrainingConfig = TrainingConfig()
+    """The FP32 distillation phase before quantization, trained until the eval split stops improving like
+    the teacher (removed layers leave more to relearn than QAT's short, gentle schedule can)."""
     hidden_state_weight: float = Field(default=1.0, ge=0.0)
     """Weight of the hidden-state MSE (student layer i ↔ the teacher layer it came from) in both phases."""
 
@@ -184,7 +252,16 @@ class QuantizeConfig(_Section):
     hidden_state_weight: float = Field(default=0.0, ge=0.0)
     """Intermediate-layer distillation for the full-size student: adds this weight times the mean MSE
     between the student's and the teacher's hidden states (embeddings and every encoder layer)."""
-    training: TrainingConfig = TrainingConfig(epochs=2, learning_rate=2e-5, warmup_ratio=0.1, early_stopping_patience=1)
+    training: TrainingConfig = TrainingConfig(
+        epochs=2,
+        schedule="linear",
+        min_steps=0,
+        learning_rate=2e-5,
+        early_stopping_patience=1,
+        early_stopping_min_delta=0.0,
+    )
+    """KD-QAT's short, gentle schedule: it starts from a calibrated copy of the converged teacher and only
+    adapts it to INT8 (2 epochs at 2e-5 gained up to 1.3 points over the calibrated start; BENCHMARKS.md §4)."""
 
     def ptq_baseline_name(self) -> str | None:
         """The ``ptq_baselines`` entry matching an explicit calibration_method (None for auto)."""

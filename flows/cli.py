@@ -30,6 +30,10 @@ def _print_summary(summary, store_endpoint: str | None) -> None:
     print(f"model            {summary.model_name}")
     print(f"teacher FP32     {100 * summary.teacher_accuracy:.2f}% test accuracy")
     print(
+        f"teacher training {summary.teacher_epochs} epochs (best: {summary.teacher_best_epoch}), stopped: "
+        f"{summary.teacher_stop_reason}; learning rate {summary.teacher_learning_rate:g}"
+    )
+    print(
         f"INT8 engine      {100 * summary.int8_accuracy:.2f}% test accuracy "
         f"(Δ {summary.accuracy_delta_points:+.2f} points, {100 * summary.agreement_with_teacher:.1f}% agreement)"
     )
@@ -48,6 +52,14 @@ def _print_summary(summary, store_endpoint: str | None) -> None:
         for reason in summary.failure_reasons:
             print(f"                 - {reason}")
     print(f"report           {summary.report_markdown}")
+    if summary.run_seconds:
+        share = summary.teacher_seconds / summary.run_seconds
+        print(
+            f"wall time        {summary.run_seconds / 60:.1f} min, teacher {summary.teacher_seconds / 60:.1f} min "
+            f"({100 * share:.0f}%)  (per stage: {summary.run_report})"
+        )
+    for warning in summary.warnings:
+        print(f"WARNING          {warning}")
     print(f"bundle           {summary.bundle_dir}")
     print("where to look:")
     api = os.environ.get("PREFECT_API_URL")

@@ -22,7 +22,8 @@ from tasks.export import export_task
 from tasks.publish import publish_task
 from tasks.quantize import train_smaller_student_task, train_student_task
 from tasks.register import CHAMPION_ALIAS, RegisteredVersion, promote_task, register_task
-from tasks.teacher import train_teacher_task
+from tasks.run_report import TEACHER_STAGE, report_run_task
+from tasks.teacher import TeacherResult, train_teacher_task
 from tasks.validate import ValidationReport, validate_task
 from tasks.variants import choose_variant_task, ptq_baselines_task
 
@@ -45,6 +46,15 @@ class PipelineSummary:
     report_markdown: str
     chosen_variant: str = ""
     variants_markdown: str = ""
+    teacher_epochs: int = 0
+    teacher_best_epoch: int = 0
+    teacher_stop_reason: str = ""
+    teacher_learning_rate: float = 0.0
+    teacher_learning_rate_reason: str = ""
+    teacher_seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    run_seconds: float = 0.0
+    run_report: str = ""
     champion_uri: str | None = None
     published_uri: str | None = None
     channel_uri: str | None = None
@@ -53,9 +63,14 @@ class PipelineSummary:
 
     @classmethod
     def of_validation(
-        cls, model_name: str, bundle_dir: str, report: ValidationReport, registered: RegisteredVersion
+        cls,
+        model_name: str,
+        bundle_dir: str,
+        report: ValidationReport,
+        registered: RegisteredVersion,
+        teacher: TeacherResult,
     ) -> PipelineSummary:
-        """The summary as it stands after registration; publish/promote fill in the rest."""
+        """The summary as it stands after registration; publish/promote and the run report fill in the rest."""
         return cls(
             model_name=model_name,
             promoted=False,
@@ -71,6 +86,13 @@ class PipelineSummary:
             tracking_uri=registered.tracking_uri,
             bundle_dir=bundle_dir,
             report_markdown=report.report_markdown,
+            teacher_epochs=len(teacher.history),
+            teacher_best_epoch=teacher.best_epoch,
+            teacher_stop_reason=teacher.stop_reason,
+            teacher_learning_rate=teacher.learning_rate,
+            teacher_learning_rate_reason=teacher.learning_rate_reason,
+            teacher_seconds=teacher.seconds,
+            warnings=list(teacher.warnings),
         )
 
 
@@ -129,25 +151,41 @@ def train_to_deploy(config: PipelineConfig) -> PipelineSummary:
     registered = register_task(
         config,
         bundle.directory,
-        {**report.metrics(), **choice.metrics()},
+        {**report.metrics(), **choice.metrics(), **teacher.metrics()},
         report.failure_reasons,
-        [report.report_json, report.report_markdown, choice.report_markdown, choice.report_json],
+        [
+            report.report_json,
+            report.report_markdown,
+            choice.report_markdown,
+            choice.report_json,
+            str(teacher.report_path),
+        ],
         flow_run_id,
-        choice.tags(),
+        {**choice.tags(), **teacher.tags()},
+        teacher.metric_history(),
     )
-    summary = PipelineSummary.of_validation(config.model_name, bundle.directory, report, registered)
+    summary = PipelineSummary.of_validation(config.model_name, bundle.directory, report, registered, teacher)
     summary.chosen_variant, summary.variants_markdown = choice.chosen.name, choice.report_markdown
-    if not report.passed:
+    if smaller is not None:
+        summary.warnings += smaller.warnings
+    if report.passed:
+        published = publish_task(
+            config.publish, config.model_name, bundle.directory, registered.version, registered.uri
+        )
+        promote_task(config.registry, registered, published.version_uri)
+        summary.promoted = True
+        summary.champion_uri = f"models:/{config.model_name}@{CHAMPION_ALIAS}"
+        summary.published_uri = published.version_uri
+        summary.channel_uri = published.channel_uri
+        summary.previous_version = published.previous_version
+    else:
         get_run_logger().warning(
             "gates failed; champion and channel pointer left where they were: " + "; ".join(report.failure_reasons)
         )
-        return summary
-
-    published = publish_task(config.publish, config.model_name, bundle.directory, registered.version, registered.uri)
-    promote_task(config.registry, registered, published.version_uri)
-    summary.promoted = True
-    summary.champion_uri = f"models:/{config.model_name}@{CHAMPION_ALIAS}"
-    summary.published_uri = published.version_uri
-    summary.channel_uri = published.channel_uri
-    summary.previous_version = published.previous_version
+    reports = {"validation": report.report_markdown, "INT8 variants": choice.report_markdown}
+    run_report = report_run_task(
+        config.model_name, str(run_dir), teacher, smaller, flow_run_id, reports, config.registry, registered.run_id
+    )
+    summary.run_report, summary.run_seconds = run_report.path, run_report.total_seconds
+    summary.teacher_seconds = run_report.seconds_of(TEACHER_STAGE) or summary.teacher_seconds
     return summary

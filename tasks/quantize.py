@@ -32,21 +32,18 @@ from enginekit.bundle import sha256_file, write_json_atomic
 from enginekit.config import QuantizeConfig, TrainingConfig
 from enginekit.tokenization import TextEncoder
 from tasks.data import PreparedData
-from tasks.modeling import (
+from tasks.modeling import SplitBatches, accuracy, predict_logits, seed_everything, to_torch
+from tasks.teacher import TeacherResult
+from tasks.training import (
     EpochRecord,
-    SplitBatches,
-    accuracy,
+    TrainingOutcome,
     barrier,
     can_resume,
     fine_tune,
     is_main_process,
     job_fingerprint,
     pick_device_for_rank,
-    predict_logits,
-    seed_everything,
-    to_torch,
 )
-from tasks.teacher import TeacherResult
 
 STUDENT_FILE = "student.pth"
 WEIGHTS_FILE = "model.safetensors"  # what transformers save_pretrained writes for the teacher
@@ -264,7 +261,7 @@ class StudentResult:
     """Eval accuracy right after calibration (post-training quantization), before QAT."""
     qat_eval_accuracy: float
     best_epoch: int
-    history: list[dict[str, float]]
+    history: list[dict[str, Any]]
     quantized_layers: int
     student_layers: list[int] | None = None
     """Teacher layers the student kept; None = all (same architecture as the teacher)."""
@@ -272,8 +269,11 @@ class StudentResult:
     """The PTQ baseline its activation ranges came from (``max``, ``percentile:99.99``, ...)."""
     unquantized_groups: list[str] = field(default_factory=list)
     """Layer groups kept in floating point on top of the config's (mixed-precision variants)."""
-    distill_history: list[dict[str, float]] = field(default_factory=list)
+    distill_history: list[dict[str, Any]] = field(default_factory=list)
     """FP32 distillation epochs before quantization (smaller students)."""
+    distill_stop_detail: str = ""
+    """Why the FP32 distillation stopped (plateau or ceiling)."""
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def checkpoint(self) -> Path:
@@ -385,9 +385,9 @@ def train_student(
         parameter.requires_grad_(True)
     disable_dropout(student)
 
-    distill_history: list[EpochRecord] = []
+    distilled: TrainingOutcome | None = None
     if init is None and distill_training is not None:
-        distill_history = _distill_fp32(
+        distilled = _distill_fp32(
             student, train, evaluation, encoder, distill_training, device, kd_loss, out_dir, job, log
         )
     if init is None:
@@ -409,7 +409,7 @@ def train_student(
         # The calibrated student is the baseline to beat: QAT epochs must improve on it to replace it.
         save_best(student, EpochRecord(0, 0.0, ptq_accuracy, 0.0))
     # Ties go to the distilled student (it has also been trained towards the teacher's distribution).
-    history = fine_tune(
+    outcome = fine_tune(
         student,
         train,
         evaluation,
@@ -425,20 +425,21 @@ def train_student(
     )
     if main_process:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # only needed to resume an interrupted run
-    best = max(history, key=lambda record: record.eval_accuracy)
-    qat_improved = best.eval_accuracy >= ptq_accuracy
+    qat_improved = outcome.best_epoch > 0
     if not qat_improved:
         log("QAT scored below the calibrated model on eval; keeping the calibrated (PTQ) student")
     result = StudentResult(
         directory=str(out_dir),
         ptq_eval_accuracy=ptq_accuracy,
-        qat_eval_accuracy=best.eval_accuracy if qat_improved else ptq_accuracy,
-        best_epoch=best.epoch if qat_improved else 0,
-        history=[asdict(record) for record in history],
+        qat_eval_accuracy=outcome.best_accuracy if qat_improved else ptq_accuracy,
+        best_epoch=outcome.best_epoch,
+        history=[asdict(record) for record in outcome.history],
         quantized_layers=len(layers),
         student_layers=student_layers,
         calibration=calibration or "",
-        distill_history=[asdict(record) for record in distill_history],
+        distill_history=[asdict(record) for record in distilled.history] if distilled else [],
+        distill_stop_detail=f"{distilled.stop_reason}: {distilled.stop_detail}" if distilled else "",
+        warnings=[f"FP32 distillation: {warning}" for warning in distilled.warnings] if distilled else [],
     )
     if main_process:
         write_json_atomic(out_dir / "quantize.json", asdict(result))
@@ -457,7 +458,7 @@ def _distill_fp32(
     out_dir: Path,
     job: str,
     log: Callable[[str], None],
-) -> list[EpochRecord]:
+) -> TrainingOutcome:
     """FP32 distillation of a (smaller) student before it is quantized; the best eval epoch is kept."""
     best_file = out_dir / "distilled-fp32.pt"
 
@@ -466,7 +467,7 @@ def _distill_fp32(
         torch.save(model.state_dict(), staging)
         staging.replace(best_file)
 
-    history = fine_tune(
+    outcome = fine_tune(
         student,
         train,
         evaluation,
@@ -484,9 +485,8 @@ def _distill_fp32(
     if is_main_process():
         shutil.rmtree(out_dir / "distill-checkpoint", ignore_errors=True)
         best_file.unlink()
-    best = max(history, key=lambda record: record.eval_accuracy)
-    log(f"FP32 distillation: best eval accuracy {best.eval_accuracy:.4f} (epoch {best.epoch})")
-    return history
+    log(f"FP32 distillation: best eval accuracy {outcome.best_accuracy:.4f} (epoch {outcome.best_epoch})")
+    return outcome
 
 
 @task(name="kd-qat-int8", cache_policy=NO_CACHE, persist_result=False)

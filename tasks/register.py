@@ -77,6 +77,7 @@ def register_bundle(
     artifacts: list[Path],
     flow_run_id: str | None = None,
     extra_tags: dict[str, str] | None = None,
+    metric_history: dict[str, list[float]] | None = None,
     log=print,
 ) -> RegisteredVersion:
     import mlflow
@@ -108,6 +109,9 @@ def register_bundle(
         params = {key: value for key, value in params.items() if "credentials" not in key}
         mlflow.log_params({key: str(value)[:500] for key, value in params.items()})
         mlflow.log_metrics(metrics)
+        for key, values in (metric_history or {}).items():  # e.g. the teacher's eval curve, step = epoch
+            for step, value in enumerate(values, start=1):
+                mlflow.log_metric(key, value, step=step)
         # The same facts tag the run and (below) the model version, so either can be searched.
         lineage_tags = {
             "backend": manifest.backend,
@@ -198,6 +202,7 @@ def register_task(
     artifacts: list[str],
     flow_run_id: str | None,
     extra_tags: dict[str, str] | None = None,
+    metric_history: dict[str, list[float]] | None = None,
 ) -> RegisteredVersion:
     return register_bundle(
         config,
@@ -207,6 +212,7 @@ def register_task(
         [Path(a) for a in artifacts],
         flow_run_id,
         extra_tags,
+        metric_history,
         log=get_run_logger().info,
     )
 

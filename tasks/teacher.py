@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -23,17 +25,15 @@ from enginekit.bundle import write_json_atomic
 from enginekit.config import TeacherConfig
 from enginekit.tokenization import TextEncoder
 from tasks.data import PreparedData
-from tasks.modeling import (
+from tasks.modeling import SplitBatches, build_classifier, resolve_encoder, seed_everything
+from tasks.training import (
     EpochRecord,
-    SplitBatches,
     barrier,
-    build_classifier,
     fine_tune,
     is_main_process,
     job_fingerprint,
     pick_device_for_rank,
-    resolve_encoder,
-    seed_everything,
+    training_markdown,
 )
 
 
@@ -42,13 +42,67 @@ class TeacherResult:
     directory: str
     best_epoch: int
     eval_accuracy: float
-    history: list[dict[str, float]]
+    history: list[dict[str, Any]]
+    """Per epoch: train loss, eval accuracy, learning rate, schedule phase, seconds (the eval curve)."""
     device: str
     max_seq_length: int
+    stop_reason: str = ""
+    """``plateau`` (eval stopped improving: the normal ending), ``ceiling``, ``early_stop`` or ``planned``."""
+    stop_detail: str = ""
+    learning_rate: float = 0.0
+    learning_rate_reason: str = ""
+    """Why this rate: the configured one, or the probe's scores and choice."""
+    learning_rate_probe: list[dict[str, float]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    """Wall time of the training loop."""
 
     @property
     def model_dir(self) -> Path:
         return Path(self.directory) / "model"
+
+    @property
+    def report_path(self) -> Path:
+        """The training report: eval curve per epoch, why training stopped, the learning rate's reason."""
+        return Path(self.directory) / "training.md"
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "teacher_epochs": float(len(self.history)),
+            "teacher_best_epoch": float(self.best_epoch),
+            "teacher_eval_accuracy": self.eval_accuracy,
+            "teacher_learning_rate": self.learning_rate,
+            "teacher_training_seconds": self.seconds,
+        }
+
+    def metric_history(self) -> dict[str, list[float]]:
+        """The per-epoch curve as MLflow metric series (step = epoch)."""
+        return {
+            f"teacher.{name}": [float(record.get(name, 0.0)) for record in self.history]
+            for name in ("eval_accuracy", "train_loss", "learning_rate")
+        }
+
+    def tags(self) -> dict[str, str]:
+        tags = {
+            "teacher_stop_reason": self.stop_reason,
+            "teacher_stop_detail": self.stop_detail,
+            "teacher_learning_rate_reason": self.learning_rate_reason,
+            "teacher_warnings": " | ".join(self.warnings) or "none",
+        }
+        return {key: value[:5000] for key, value in tags.items()}  # MLflow's limit on a tag value
+
+    def report_markdown(self) -> str:
+        return training_markdown(
+            f"FP32 teacher: {len(self.history)} epochs, best eval accuracy {100 * self.eval_accuracy:.2f}% "
+            f"(epoch {self.best_epoch}), {self.seconds / 60:.1f} min",
+            self.history,
+            self.best_epoch,
+            self.stop_reason,
+            self.stop_detail,
+            self.learning_rate_reason,
+            self.learning_rate_probe,
+            self.warnings,
+        )
 
     @property
     def num_layers(self) -> int:
@@ -105,7 +159,7 @@ def train_teacher(config: TeacherConfig, data: PreparedData, out_dir: Path, log=
 
     checkpoint_dir = out_dir / "checkpoint"
     job = job_fingerprint("teacher", config.model_dump(mode="json"), data.fingerprint)
-    history = fine_tune(
+    outcome = fine_tune(
         model,
         train,
         evaluation,
@@ -120,17 +174,24 @@ def train_teacher(config: TeacherConfig, data: PreparedData, out_dir: Path, log=
     )
     if main_process:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # only needed to resume an interrupted run
-    best = max(history, key=lambda record: record.eval_accuracy)
     result = TeacherResult(
         directory=str(out_dir),
-        best_epoch=best.epoch,
-        eval_accuracy=best.eval_accuracy,
-        history=[asdict(record) for record in history],
+        best_epoch=outcome.best_epoch,
+        eval_accuracy=outcome.best_accuracy,
+        history=[asdict(record) for record in outcome.history],
         device=str(device),
         max_seq_length=config.max_seq_length,
+        stop_reason=outcome.stop_reason,
+        stop_detail=outcome.stop_detail,
+        learning_rate=outcome.learning_rate,
+        learning_rate_reason=outcome.learning_rate_reason,
+        learning_rate_probe=[asdict(record) for record in outcome.probe],
+        warnings=outcome.warnings,
+        seconds=outcome.seconds,
     )
     if main_process:
         write_json_atomic(out_dir / "teacher.json", asdict(result))
+        result.report_path.write_text(result.report_markdown())
     return result
 
 
@@ -140,5 +201,10 @@ def train_teacher_task(config: TeacherConfig, data: PreparedData, out_dir: str) 
     if config.training.processes > 1:
         from tasks.distributed import run_teacher
 
-        return run_teacher(config, data, Path(out_dir), log=logger.info)
-    return train_teacher(config, data, Path(out_dir), log=logger.info)
+        result = run_teacher(config, data, Path(out_dir), log=logger.info)
+    else:
+        result = train_teacher(config, data, Path(out_dir), log=logger.info)
+    for warning in result.warnings:
+        logger.warning(f"teacher: {warning}")
+    create_markdown_artifact(key="teacher-training", markdown=result.report_markdown())
+    return result

@@ -53,11 +53,14 @@ def tiny_config_mapping(data_dir: Path, work_dir: Path, **sections) -> dict:
                 "intermediate_size": 64,
             },
             "max_seq_length": 16,
-            "training": {"epochs": 10, "batch_size": 16, "learning_rate": 1e-3, "warmup_ratio": 0.1},
+            "training": {"epochs": 10, "min_steps": 0, "batch_size": 16, "learning_rate": 1e-3, "warmup_ratio": 0.1},
         },
         "quantize": {
             "calibration_batches": 4,
             "training": {"epochs": 1, "batch_size": 16, "learning_rate": 1e-4},
+            "smaller_student": {
+                "distill_training": {"epochs": 6, "min_steps": 0, "batch_size": 16, "learning_rate": 1e-3}
+            },
         },
         "export": {"parity_rows": 60},
         "engine": {"golden_set_size": 8},

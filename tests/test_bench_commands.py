@@ -84,3 +84,32 @@ def test_tensorrt_check_says_what_is_missing_here(capsys):
         pytest.skip("TensorRT is installed here: the check would run for real")
     assert main([]) == 2
     assert "no `tensorrt` package here" in capsys.readouterr().err
+
+
+def test_teacher_grid_trains_every_cell_and_compares_the_default_recipe(tmp_path, capsys):
+    import yaml
+
+    from bench.teacher_grid import main
+    from tests.conftest import tiny_config_mapping, write_intent_dataset
+
+    mapping = tiny_config_mapping(write_intent_dataset(tmp_path / "source", train=120, evaluation=30), tmp_path)
+    mapping["teacher"]["training"].update(epochs=4, learning_rate=1e-3)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(mapping))
+    arguments = ["--config", str(config), "--epochs", "1", "2", "--learning-rates", "1e-3", "3e-3"]
+    arguments += ["--work", str(tmp_path / "work"), "--out", str(tmp_path / "grid")]
+    assert main(arguments) == 0
+    result = json.loads((tmp_path / "grid.json").read_text())
+    cells = {(cell["epochs"], cell["learning_rate"]): cell for cell in result["cells"]}
+    assert sorted(cells) == [(1, 1e-3), (1, 3e-3), (2, 1e-3), (2, 3e-3)]
+    for (epochs, rate), cell in cells.items():
+        assert cell["epochs_trained"] == epochs and cell["stop_reason"] == "planned" and cell["learning_rate"] == rate
+        assert round(cell["eval_accuracy"], 4) == max(cell["curve"]) and 0 <= cell["test_accuracy"] <= 1
+    assert result["default"]["stop_reason"] in ("plateau", "ceiling") and result["default"]["learning_rate"] == 1e-3
+    best = max(cell["eval_accuracy"] for cell in cells.values())
+    table = (tmp_path / "grid.md").read_text()
+    assert f"{100 * (result['default']['eval_accuracy'] - best):+.2f} points" in table
+    assert not any((tmp_path / "work").glob("*/*/model"))  # cell weights are not kept
+    capsys.readouterr()
+    assert main(arguments) == 0  # a second call reuses every finished cell
+    assert capsys.readouterr().out.count("reusing the finished cell") == 5

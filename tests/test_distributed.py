@@ -29,7 +29,10 @@ def test_teacher_and_kd_qat_train_across_two_torchrun_workers(two_process_config
     assert "--nproc_per_node=2" in messages[0]
     log = (root / "teacher" / LOG_FILE).read_text()
     assert "[rank 0/2]" in log and "[rank 1/2]" not in log  # one process group of two; rank 0 speaks
-    assert [record["epoch"] for record in teacher.history] == [1, 2, 3, 4, 5, 6]
+    # Both ranks follow rank 0's eval numbers through the plateau rule (a disagreement would hang DDP).
+    assert teacher.stop_reason in ("plateau", "ceiling") and 1 < len(teacher.history) <= 6
+    assert [record["epoch"] for record in teacher.history] == list(range(1, len(teacher.history) + 1))
+    assert teacher.history[-1]["phase"] == "decay" and (root / "teacher" / "training.md").is_file()
     assert teacher.eval_accuracy > 0.8  # the intents are learnable; sharded batches still train the model
     assert (root / "teacher" / "model" / "config.json").is_file() and (root / "teacher" / JOB_FILE).is_file()
 

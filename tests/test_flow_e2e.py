@@ -49,13 +49,15 @@ def runs(prefect_harness, workspace, seaweedfs):
     second = run_flow(
         workspace,
         seaweedfs,
-        teacher={"training": {"epochs": 10, "batch_size": 16, "learning_rate": 1e-3, "warmup_ratio": 0.1, "seed": 7}},
+        teacher={"training": {"epochs": 10, "min_steps": 0, "batch_size": 16, "learning_rate": 1e-3, "seed": 7}},
     )
     # A collapsed teacher (learning rate far too small) cannot clear the absolute accuracy floor.
     failed = run_flow(
         workspace,
         seaweedfs,
-        teacher={"training": {"epochs": 1, "batch_size": 16, "learning_rate": 1e-7, "warmup_ratio": 0.0}},
+        teacher={
+            "training": {"epochs": 1, "schedule": "linear", "min_steps": 0, "batch_size": 16, "learning_rate": 1e-7}
+        },
         validate={
             "timing_iterations": 6,
             "warmup_iterations": 1,
@@ -103,6 +105,16 @@ def test_first_run_publishes_registers_and_promotes(runs, seaweedfs):
     run = registry.get_run(summary.mlflow_run_id)
     assert "int8_accuracy" in run.data.metrics and "teacher.training.epochs" in run.data.params
 
+    # The teacher's training is reported: its eval curve, why it stopped, and its share of the wall time.
+    curve = registry.get_metric_history(summary.mlflow_run_id, "teacher.eval_accuracy")
+    assert [m.step for m in curve] == list(range(1, summary.teacher_epochs + 1))
+    assert run.data.tags["teacher_stop_reason"] == summary.teacher_stop_reason in ("plateau", "ceiling")
+    report = Path(summary.run_report).read_text()
+    assert f"Stopped: **{summary.teacher_stop_reason}**" in report and "| train-teacher |" in report
+    assert "| publish-s3 |" in report and 0 < summary.teacher_seconds < summary.run_seconds
+    logged = [a.path for a in registry.list_artifacts(summary.mlflow_run_id, "reports")]
+    assert "reports/run-report.md" in logged and "reports/training.md" in logged
+
 
 def test_second_run_moves_pointer_and_champion(runs, seaweedfs):
     from enginekit.objectstore import ObjectStore
@@ -143,6 +155,7 @@ def test_failed_gate_leaves_champion_and_pointer_and_says_why(runs, seaweedfs):
         f"models:/{config.model_name}/{registry.get_model_version_by_alias(config.model_name, 'champion').version}"
         == second.mlflow_model_uri
     )
+    assert Path(failed.run_report).is_file()  # the run report is written when a gate fails too
     failed_version = registry.get_model_version_by_alias(config.model_name, "candidate")
     assert f"models:/{config.model_name}/{failed_version.version}" == failed.mlflow_model_uri
     assert failed_version.tags["gates_passed"] == "false"

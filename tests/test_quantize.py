@@ -130,9 +130,8 @@ def test_histogram_calibration_methods_set_tighter_ranges_than_max(method):
 
 def test_interrupted_qat_resumes_from_its_checkpoint(tiny_build, tmp_path, monkeypatch):
     import tasks.quantize as quantize
-    from enginekit.config import TrainingConfig
 
-    training = TrainingConfig(epochs=3, batch_size=16, learning_rate=1e-4, warmup_ratio=0.1)
+    training = tiny_build.config.quantize.training.model_copy(update={"epochs": 3, "early_stopping_patience": None})
     config = tiny_build.config.quantize.model_copy(update={"training": training})
     silent = lambda _: None  # noqa: E731
     reference = quantize.train_student(config, tiny_build.teacher, tiny_build.data, tmp_path / "reference", silent)
@@ -167,12 +166,13 @@ def test_interrupted_qat_resumes_from_its_checkpoint(tiny_build, tmp_path, monke
 
 
 def test_early_stopping_stops_after_patience(tiny_build, tmp_path):
-    from enginekit.config import TrainingConfig
     from tasks.quantize import train_student
 
     # A learning rate of ~0 leaves the calibrated model as it is: epoch 1 ties it (ties count as the
     # distilled student's win), epochs 2 and 3 are stale, so epochs 4 and 5 never run.
-    training = TrainingConfig(epochs=5, batch_size=16, learning_rate=1e-12, early_stopping_patience=2)
+    training = tiny_build.config.quantize.training.model_copy(
+        update={"epochs": 5, "learning_rate": 1e-12, "early_stopping_patience": 2}
+    )
     config = tiny_build.config.quantize.model_copy(update={"training": training})
     messages = []
     result = train_student(config, tiny_build.teacher, tiny_build.data, tmp_path / "s", messages.append)
@@ -268,7 +268,7 @@ def test_smaller_student_distills_quantizes_and_exports(tiny_build, tmp_path):
         messages.append,
         calibration="percentile:99.9",
         student_layers=[1],
-        distill_training=TrainingConfig(epochs=2, batch_size=16, learning_rate=1e-3),
+        distill_training=TrainingConfig(epochs=2, schedule="linear", min_steps=0, batch_size=16, learning_rate=1e-3),
         hidden_state_weight=0.5,
     )
     assert student.student_layers == [1] and student.quantized_layers == 12  # 1 layer x 6 Linear x 2

@@ -1,0 +1,168 @@
+"""The training loop's schedule and stopping rules: train until eval stops improving, not for a fixed count."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import tiny_config_mapping, write_intent_dataset
+
+
+def test_schedule_warms_up_holds_then_decays_to_zero():
+    from tasks.training import LearningRateSchedule
+
+    schedule = LearningRateSchedule(peak=1.0, warmup_steps=4)
+    assert [schedule.rate(step) for step in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert schedule.rate(1000) == 1.0  # no end is planned: the rate holds until a plateau starts the decay
+    schedule.decay_start, schedule.decay_steps = 10, 5
+    assert [schedule.rate(step) for step in range(10, 16)] == [1.0, 0.8, 0.6, 0.4, 0.2, 0.0]
+    assert not schedule.decay_done(14) and schedule.decay_done(15)
+    early = LearningRateSchedule(peak=1.0, warmup_steps=10, decay_start=2, decay_steps=4)
+    assert early.rate(2) == pytest.approx(0.3)  # a decay during warmup never raises the rate
+    assert early.rate(3) == pytest.approx(0.4) and early.rate(5) == pytest.approx(0.25) and early.rate(6) == 0.0
+
+
+def test_linear_schedule_matches_the_classic_warmup_then_linear_decay():
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    from tasks.training import LearningRateSchedule
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    reference = get_linear_schedule_with_warmup(optimizer, 10, 100)
+    ours = LearningRateSchedule(peak=1.0, warmup_steps=10, decay_start=10, decay_steps=90)
+    for step in range(10, 100):  # after warmup (ours reaches the peak one step earlier)
+        assert ours.rate(step) == pytest.approx(reference.lr_lambdas[0](step))
+
+
+def test_plateau_schedule_needs_patience_and_a_ceiling_above_the_decay():
+    from pydantic import ValidationError
+
+    from enginekit.config import TrainingConfig
+
+    with pytest.raises(ValidationError, match="needs early_stopping_patience"):
+        TrainingConfig(early_stopping_patience=None)
+    with pytest.raises(ValidationError, match="decay_epochs"):
+        TrainingConfig(epochs=2, decay_epochs=2)
+    assert TrainingConfig(schedule="linear", early_stopping_patience=None).epochs == 20
+
+
+def test_a_partial_training_section_keeps_its_stages_own_defaults(tmp_path):
+    """Setting one KD-QAT key must not turn KD-QAT into the teacher's 20-epoch plateau recipe."""
+    from enginekit.config import config_from_mapping
+
+    mapping = {"model_name": "m", "publish": {"store": {"bucket": "bucket"}}}
+    mapping["quantize"] = {"training": {"learning_rate": 1e-5}}
+    mapping["teacher"] = {"training": {"epochs": 7}}
+    config = config_from_mapping(mapping, "partial")
+    assert config.quantize.training.learning_rate == 1e-5
+    assert config.quantize.training.schedule == "linear" and config.quantize.training.epochs == 2
+    assert config.teacher.training.epochs == 7 and config.teacher.training.schedule == "plateau"
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher_setup(tmp_path_factory):
+    from enginekit.config import config_from_mapping
+    from tasks.data import prepare_data
+
+    root = tmp_path_factory.mktemp("plateau")
+    mapping = tiny_config_mapping(write_intent_dataset(root / "source"), root)
+    config = config_from_mapping(mapping, "plateau test config")
+    return root, config, prepare_data(config.data, root / "data")
+
+
+def _teacher_config(config, **training):
+    # A learning rate at which the tiny random BERT needs several epochs to learn the intents.
+    settings = {"epochs": 20, "min_steps": 0, "batch_size": 16, "learning_rate": 5e-4, "early_stopping_patience": 3}
+    return config.teacher.model_copy(
+        update={"training": config.teacher.training.model_copy(update={**settings, **training})}
+    )
+
+
+def test_a_teacher_still_improving_trains_past_the_old_epoch_count_and_stops_on_the_plateau(tiny_teacher_setup):
+    from tasks.teacher import train_teacher
+
+    root, config, data = tiny_teacher_setup
+    messages: list[str] = []
+    teacher = train_teacher(_teacher_config(config), data, root / "teacher", log=messages.append)
+    curve = [record["eval_accuracy"] for record in teacher.history]
+    assert teacher.stop_reason == "plateau", teacher.stop_detail
+    assert teacher.best_epoch > 3 and max(curve[:3]) < teacher.eval_accuracy, curve  # improving after epoch 3
+    # The plateau rule, read off the curve: the last improvement, then `patience` epochs without one, then
+    # one decay epoch (decay_epochs), then stop; the rate of the last epoch is near zero.
+    reference, last_gain = -1.0, 0
+    for epoch, value in enumerate(curve, 1):
+        if value > reference + 0.001:  # early_stopping_min_delta
+            reference, last_gain = value, epoch
+    assert len(curve) == last_gain + 3 + 1 < 20
+    assert [r["phase"] for r in teacher.history][-1] == "decay" and teacher.history[-1]["learning_rate"] < 1e-4
+    assert teacher.history[0]["learning_rate"] == pytest.approx(5e-4)  # constant after warmup while improving
+    assert not teacher.warnings
+    report = teacher.report_path.read_text()
+    assert "Stopped: **plateau**" in report and f"after epoch {last_gain}" in report
+    assert f"| {teacher.best_epoch} (kept) |" in report
+    assert any(m.startswith("stopped (plateau)") for m in messages)
+
+
+def test_a_teacher_cut_by_the_ceiling_while_improving_is_reported_with_a_warning(tiny_teacher_setup):
+    from tasks.teacher import TeacherResult, train_teacher
+
+    root, config, data = tiny_teacher_setup
+    teacher = train_teacher(_teacher_config(config, epochs=3), data, root / "ceiling", log=lambda _: None)
+    assert teacher.stop_reason == "ceiling" and len(teacher.history) == 3
+    assert [r["phase"] for r in teacher.history] == ["stable", "stable", "decay"]  # the ceiling's last epoch decays
+    assert teacher.warnings and "still improving" in teacher.warnings[0]
+    report = teacher.report_path.read_text()
+    assert "**Warning:**" in report and "raise training.epochs" in report
+    saved = TeacherResult(**json.loads((root / "ceiling" / "teacher.json").read_text()))
+    assert saved.stop_reason == "ceiling" and saved.warnings == teacher.warnings
+
+
+def test_learning_rate_probe_continues_the_best_rate_and_says_why(tiny_teacher_setup):
+    from enginekit.config import LearningRateProbeConfig
+    from tasks.teacher import train_teacher
+
+    root, config, data = tiny_teacher_setup
+    probe = LearningRateProbeConfig(enabled=True, learning_rates=[1e-7, 1e-3], steps=40, eval_rows=60)
+    teacher = train_teacher(
+        _teacher_config(config, learning_rate_probe=probe, epochs=6), data, root / "probe", log=lambda _: None
+    )
+    assert [record["learning_rate"] for record in teacher.learning_rate_probe] == [1e-7, 1e-3]
+    scores = {r["learning_rate"]: r["eval_accuracy"] for r in teacher.learning_rate_probe}
+    assert scores[1e-3] > scores[1e-7]
+    assert teacher.learning_rate == 1e-3 and "1e-07 → " in teacher.learning_rate_reason
+    assert "0.001 scored best and was continued" in teacher.learning_rate_reason
+    assert teacher.history[0]["eval_accuracy"] >= scores[1e-3] - 0.05  # continued, not restarted from scratch
+    assert "| probed learning rate |" in teacher.report_path.read_text()
+
+
+def test_an_interrupted_plateau_run_resumes_to_the_same_curve(tiny_teacher_setup, monkeypatch):
+    import tasks.teacher as teacher_stage
+
+    root, config, data = tiny_teacher_setup
+    teacher_config = _teacher_config(config, epochs=8)
+    reference = teacher_stage.train_teacher(teacher_config, data, root / "reference", log=lambda _: None)
+
+    real = teacher_stage.torch.nn.functional.cross_entropy
+    calls = {"count": 0}
+    steps_per_epoch = -(-data.rows["train"] // 16)
+
+    def crashing_cross_entropy(*args, **kwargs):
+        calls["count"] += 1
+        if calls["count"] > 4 * steps_per_epoch + 2:
+            raise RuntimeError("simulated crash")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(teacher_stage.torch.nn.functional, "cross_entropy", crashing_cross_entropy)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        teacher_stage.train_teacher(teacher_config, data, root / "interrupted", log=lambda _: None)
+    monkeypatch.setattr(teacher_stage.torch.nn.functional, "cross_entropy", real)
+    messages: list[str] = []
+    resumed = teacher_stage.train_teacher(teacher_config, data, root / "interrupted", log=messages.append)
+    assert any("resuming after epoch 4" in m for m in messages)
+    assert [(r["epoch"], r["phase"]) for r in resumed.history] == [(r["epoch"], r["phase"]) for r in reference.history]
+    for before, after in zip(reference.history, resumed.history, strict=True):
+        assert after["eval_accuracy"] == pytest.approx(before["eval_accuracy"])
+        assert after["learning_rate"] == pytest.approx(before["learning_rate"])
+    assert resumed.stop_reason == reference.stop_reason and resumed.best_epoch == reference.best_epoch
