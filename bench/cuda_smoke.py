@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from enginekit.config import QuantizeConfig, TeacherConfig, TrainingConfig
     from enginekit.tokenization import TextEncoder
+    from tasks.config import QuantizeConfig, TeacherConfig, TrainingConfig
     from tasks.demo_dataset import generate_demo_dataset
     from tasks.export import export_onnx, onnx_logits
     from tasks.modeling import SplitBatches, build_classifier, predict_logits, resolve_encoder

@@ -85,8 +85,8 @@ def sweep_one(data_dir: Path, encoder_dir: str, work: Path, log, device: str = "
     import numpy as np
     import torch
 
-    from enginekit.config import QuantizeConfig, SmallerStudentConfig, TeacherConfig
     from enginekit.tokenization import TextEncoder
+    from tasks.config import QuantizeConfig, SmallerStudentConfig, TeacherConfig
     from tasks.modeling import SplitBatches, predict_logits
     from tasks.quantize import train_student
     from tasks.teacher import train_teacher

@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from enginekit.config import ConfigError, load_config
+    from tasks.config import ConfigError, load_config
 
     try:
         config = load_config(arguments.config)

@@ -47,8 +47,8 @@ def _check(run: Path, config_path: Path) -> int:
     import torch
 
     from enginekit.bundle import Lineage
-    from enginekit.config import load_config
     from enginekit.runtime import load_engine, predict_logits
+    from tasks.config import load_config
     from tasks.data import PreparedData
     from tasks.engine_build import build_bundle
     from tasks.export import ExportResult

@@ -13,8 +13,33 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from enginekit.bundle import Manifest, RuntimeRequirements
-from enginekit.config import TensorRTProfile
+
+
+class TensorRTProfile(BaseModel):
+    """One optimization profile: the batch x sequence range a TensorRT engine is tuned for (opt = the
+    shape its kernels are timed at)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    min_batch: int = Field(default=1, gt=0)
+    opt_batch: int = Field(gt=0)
+    max_batch: int = Field(gt=0)
+    min_seq: int = Field(default=1, gt=0)
+    opt_seq: int = Field(gt=0)
+    max_seq: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TensorRTProfile:
+        if not self.min_batch <= self.opt_batch <= self.max_batch:
+            raise ValueError(
+                f"need min_batch <= opt_batch <= max_batch, got {self.min_batch}/{self.opt_batch}/{self.max_batch}"
+            )
+        if not self.min_seq <= self.opt_seq <= self.max_seq:
+            raise ValueError(f"need min_seq <= opt_seq <= max_seq, got {self.min_seq}/{self.opt_seq}/{self.max_seq}")
+        return self
 
 
 class ProfileError(ValueError):

@@ -16,7 +16,7 @@ DEFAULT_CONFIG = "configs/demo.yaml"
 
 
 def _load(path: str, overrides: list[str]):
-    from enginekit.config import ConfigError, load_config
+    from tasks.config import ConfigError, load_config
 
     try:
         return load_config(path, overrides)

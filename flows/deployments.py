@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from enginekit.config import PipelineConfig
+from tasks.config import PipelineConfig
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, runtime
 
-from enginekit.config import PipelineConfig
+from tasks.config import PipelineConfig
 from tasks.data import prepare_data_task
 from tasks.engine_build import build_engine_task
 from tasks.export import export_task

@@ -25,7 +25,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from enginekit.bundle import write_json_atomic
-from enginekit.config import DataConfig
+from tasks.config import DataConfig
 
 SPLITS = ("train", "eval", "test")
 _FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}

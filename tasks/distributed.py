@@ -94,7 +94,7 @@ def _worker(job_path: Path) -> int:
     import torch
     import torch.distributed as dist
 
-    from enginekit.config import QuantizeConfig, TeacherConfig, TrainingConfig
+    from tasks.config import QuantizeConfig, TeacherConfig, TrainingConfig
     from tasks.data import PreparedData
     from tasks.quantize import StudentResult, train_student
     from tasks.teacher import TeacherResult, train_teacher

@@ -35,10 +35,10 @@ from enginekit.bundle import (
     write_json_atomic,
     write_manifest,
 )
-from enginekit.config import EngineConfig
 from enginekit.lineage import code_version
 from enginekit.runtime import check_golden, load_engine, predict_logits
 from enginekit.tokenization import MODEL_INPUT_NAMES
+from tasks.config import EngineConfig
 from tasks.data import PreparedData
 from tasks.export import ONNX_FILE, OUTPUT_NAME, ExportResult
 from tasks.teacher import TeacherResult

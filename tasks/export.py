@@ -17,8 +17,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from enginekit.bundle import write_json_atomic
-from enginekit.config import ExportConfig
 from enginekit.tokenization import MODEL_INPUT_NAMES, TextEncoder
+from tasks.config import ExportConfig
 from tasks.data import PreparedData
 from tasks.modeling import SplitBatches, predict_logits
 from tasks.quantize import StudentResult, load_student

@@ -18,8 +18,8 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
-from enginekit.config import RandomEncoderConfig, TeacherConfig
 from enginekit.tokenization import EncodedBatch, TextEncoder
+from tasks.config import RandomEncoderConfig, TeacherConfig
 
 PACKAGED_ENCODER = "packaged:all-MiniLM-L6-v2"
 

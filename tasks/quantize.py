@@ -29,8 +29,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from enginekit.bundle import sha256_file, write_json_atomic
-from enginekit.config import QuantizeConfig, TrainingConfig
 from enginekit.tokenization import TextEncoder
+from tasks.config import QuantizeConfig, TrainingConfig
 from tasks.data import PreparedData
 from tasks.modeling import SplitBatches, accuracy, predict_logits, seed_everything, to_torch
 from tasks.teacher import TeacherResult

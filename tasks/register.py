@@ -13,7 +13,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from enginekit.bundle import read_manifest, utc_now_iso, write_manifest
-from enginekit.config import PipelineConfig, RegistryConfig
+from tasks.config import PipelineConfig, RegistryConfig
 
 CANDIDATE_ALIAS = "candidate"
 CHAMPION_ALIAS = "champion"

@@ -21,7 +21,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from enginekit.config import RegistryConfig
+from tasks.config import RegistryConfig
 from tasks.quantize import StudentResult
 from tasks.teacher import TeacherResult
 from tasks.training import training_markdown

@@ -22,8 +22,8 @@ from prefect.cache_policies import NO_CACHE
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from enginekit.bundle import write_json_atomic
-from enginekit.config import TeacherConfig
 from enginekit.tokenization import TextEncoder
+from tasks.config import TeacherConfig
 from tasks.data import PreparedData
 from tasks.modeling import SplitBatches, build_classifier, resolve_encoder, seed_everything
 from tasks.training import (

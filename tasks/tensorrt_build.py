@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from enginekit.bundle import RuntimeRequirements
-from enginekit.config import TensorRTConfig
 from enginekit.tensorrt_support import GpuIdentity, check_profiles, profile_shapes, runtime_requirements
+from tasks.config import TensorRTConfig
 
 
 class TensorRTBuildError(RuntimeError):

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from enginekit.config import TrainingConfig
 from enginekit.tokenization import EncodedBatch, TextEncoder
+from tasks.config import TrainingConfig
 from tasks.modeling import SplitBatches, accuracy, predict_logits, seed_everything, to_torch
 
 LossFunction = Callable[[torch.nn.Module, dict[str, torch.Tensor], torch.Tensor], torch.Tensor]

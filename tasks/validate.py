@@ -28,9 +28,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from enginekit.bundle import read_manifest, write_json_atomic, write_manifest
-from enginekit.config import RegistryConfig, ValidateConfig
 from enginekit.runtime import EngineRuntime, IncompatibleBundleError, load_engine
 from enginekit.tokenization import EncodedBatch
+from tasks.config import RegistryConfig, ValidateConfig
 from tasks.data import PreparedData
 from tasks.modeling import SplitBatches, accuracy, macro_f1, predict_logits, to_torch
 from tasks.quantize import StudentResult, load_student

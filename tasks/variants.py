@@ -35,8 +35,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from enginekit.bundle import write_json_atomic
-from enginekit.config import QuantizeConfig
 from enginekit.tokenization import TextEncoder
+from tasks.config import QuantizeConfig
 from tasks.data import PreparedData
 from tasks.export import export_onnx, onnx_logits
 from tasks.modeling import SplitBatches, accuracy, macro_f1, predict_logits, to_torch

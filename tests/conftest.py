@@ -105,7 +105,7 @@ class TinyBuild:
 def tiny_build(tmp_path_factory) -> TinyBuild:
     """Data → tiny FP32 teacher → KD-QAT INT8 student → QDQ ONNX → ORT bundle, built once per session."""
     from enginekit.bundle import Lineage
-    from enginekit.config import config_from_mapping
+    from tasks.config import config_from_mapping
     from tasks.data import prepare_data
     from tasks.engine_build import build_bundle
     from tasks.export import export_student

@@ -7,7 +7,7 @@ import shutil
 
 def test_accuracy_table_scores_every_variant_of_a_run_on_test(tiny_build, tmp_path):
     from bench.accuracy_table import main
-    from enginekit.config import SensitivityConfig
+    from tasks.config import SensitivityConfig
     from tasks.variants import choose_int8_variant, measure_ptq_baselines
 
     run = tmp_path / "run"
@@ -41,7 +41,7 @@ def test_accuracy_table_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
 
 def test_engines_bench_prints_every_row_and_the_targets(tiny_build, tmp_path):
     from bench import engines
-    from enginekit.config import SensitivityConfig
+    from tasks.config import SensitivityConfig
     from tasks.variants import choose_int8_variant, measure_ptq_baselines
 
     run = tmp_path / "run"

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from enginekit.config import ConfigError, PipelineConfig, load_config, parse_override
+from tasks.config import ConfigError, PipelineConfig, load_config, parse_override
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from datasets import Dataset, DatasetDict
 
-from enginekit.config import DataConfig
+from tasks.config import DataConfig
 from tasks.data import DataError, prepare_data, stratified_indices
 
 LABELS = ["weather", "shopping", "news"]

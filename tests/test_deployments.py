@@ -3,8 +3,8 @@ the typed config as parameters, and those parameters validate back into the same
 
 from pathlib import Path
 
-from enginekit.config import PipelineConfig, load_config
 from flows.deployments import build_deployment
+from tasks.config import PipelineConfig, load_config
 
 DEMO = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 

@@ -9,7 +9,7 @@ from tests.conftest import tiny_config_mapping, write_intent_dataset
 
 @pytest.fixture(scope="module")
 def two_process_config(tmp_path_factory):
-    from enginekit.config import config_from_mapping
+    from tasks.config import config_from_mapping
     from tasks.data import prepare_data
 
     root = tmp_path_factory.mktemp("ddp")

@@ -26,8 +26,8 @@ def workspace(tmp_path_factory):
 
 
 def run_flow(workspace, seaweedfs, **sections):
-    from enginekit.config import config_from_mapping
     from flows.train_to_deploy import train_to_deploy
+    from tasks.config import config_from_mapping
 
     root, data_dir = workspace
     mapping = tiny_config_mapping(data_dir, root, **sections)
@@ -70,7 +70,7 @@ def runs(prefect_harness, workspace, seaweedfs):
 
 def test_first_run_publishes_registers_and_promotes(runs, seaweedfs):
     from enginekit.bundle import read_manifest
-    from enginekit.objectstore import ObjectStore
+    from enginekit.objectstore import ObjectStoreReader as ObjectStore
     from tasks.register import client_for
 
     config, summary = runs[0]
@@ -117,7 +117,7 @@ def test_first_run_publishes_registers_and_promotes(runs, seaweedfs):
 
 
 def test_second_run_moves_pointer_and_champion(runs, seaweedfs):
-    from enginekit.objectstore import ObjectStore
+    from enginekit.objectstore import ObjectStoreReader as ObjectStore
     from tasks.register import client_for
 
     (config, first), (_, second) = runs[0], runs[1]
@@ -137,7 +137,7 @@ def test_second_run_moves_pointer_and_champion(runs, seaweedfs):
 
 
 def test_failed_gate_leaves_champion_and_pointer_and_says_why(runs, seaweedfs):
-    from enginekit.objectstore import ObjectStore
+    from enginekit.objectstore import ObjectStoreReader as ObjectStore
     from tasks.register import client_for
 
     (config, second), (_, failed) = runs[1], runs[2]

@@ -10,18 +10,16 @@ import pytest
 
 from enginekit.bundle import MANIFEST_NAME, BundleError, verify_bundle
 from enginekit.objectstore import (
-    CHANNEL_ABSENT,
     BucketNotFoundError,
-    ChannelConflictError,
     CorruptObjectError,
     CredentialsError,
     EndpointUnreachableError,
-    ObjectStore,
     ObjectStoreSettings,
-    VersionConflictError,
     VersionNotFoundError,
 )
 from infra.localstack import LOCAL_PROFILE
+from tasks.publish import CHANNEL_ABSENT, ChannelConflictError, VersionConflictError
+from tasks.publish import ObjectStorePublisher as ObjectStore
 from tests.bundle_factory import make_bundle
 from tests.s3_fixtures import LocalS3, free_port, seaweedfs_server  # noqa: F401 (the fixture)
 
@@ -340,3 +338,27 @@ def test_pointer_records_the_published_digest_without_the_local_bundle(store: Ob
 
     assert pointer.bundle_digest == published.bundle_digest
     assert pointer.manifest_sha256 == published.manifest_sha256
+
+
+def test_polling_a_channel_is_a_conditional_get(store: ObjectStore, bundle: Path, tmp_path: Path) -> None:
+    from enginekit.objectstore import ObjectStoreReader
+
+    reader = ObjectStoreReader(store.settings)  # the server's read-only client
+    assert reader.poll_channel(MODEL, "production", None) == reader.poll_channel(MODEL, "production", None)
+    nothing = reader.poll_channel(MODEL, "production", None)
+    assert not nothing.changed and nothing.pointer is None and nothing.etag is None
+
+    store.publish_version(MODEL, "v1", bundle)
+    make_bundle(tmp_path / "bundle-b", model_name=MODEL, variant="b")
+    store.publish_version(MODEL, "v2", tmp_path / "bundle-b")
+    moved = store.move_channel(MODEL, "production", "v1", expected_etag=CHANNEL_ABSENT, reason="first")
+    first = reader.poll_channel(MODEL, "production", None)
+    assert first.changed and first.pointer is not None and first.pointer.version == "v1"
+    assert first.etag == moved.etag == first.pointer.etag
+    unchanged = reader.poll_channel(MODEL, "production", first.etag)  # 304 from the server: no body
+    assert not unchanged.changed and unchanged.pointer is None and unchanged.etag == first.etag
+    store.move_channel(MODEL, "production", "v2", expected_etag=first.etag or "", reason="second")
+    second = reader.poll_channel(MODEL, "production", first.etag)
+    assert second.changed and second.pointer is not None and second.pointer.version == "v2"
+    assert second.etag != first.etag
+    assert not hasattr(reader, "move_channel") and not hasattr(reader, "publish_version")

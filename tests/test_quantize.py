@@ -109,7 +109,7 @@ def _activation_ranges(model):
 
 @pytest.mark.parametrize("method", ["percentile", "mse", "entropy"])
 def test_histogram_calibration_methods_set_tighter_ranges_than_max(method):
-    from enginekit.config import QuantizeConfig
+    from tasks.config import QuantizeConfig
     from tasks.quantize import calibrate
 
     model, split, encoder = _tiny_bert_and_data()
@@ -255,7 +255,7 @@ def test_layer_subset_copies_the_chosen_teacher_layers(tiny_build):
 
 
 def test_smaller_student_distills_quantizes_and_exports(tiny_build, tmp_path):
-    from enginekit.config import TrainingConfig
+    from tasks.config import TrainingConfig
     from tasks.export import export_student
     from tasks.quantize import train_student
 

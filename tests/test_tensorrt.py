@@ -9,7 +9,6 @@ import shutil
 
 import pytest
 
-from enginekit.config import EngineConfig, TensorRTConfig, TensorRTProfile
 from enginekit.tensorrt_support import (
     GpuIdentity,
     ProfileError,
@@ -20,6 +19,7 @@ from enginekit.tensorrt_support import (
     runtime_requirements,
     select_profile,
 )
+from tasks.config import EngineConfig, TensorRTConfig, TensorRTProfile
 
 SHORT = TensorRTProfile(min_batch=1, opt_batch=1, max_batch=4, min_seq=1, opt_seq=16, max_seq=32)
 FULL = TensorRTProfile(min_batch=1, opt_batch=32, max_batch=64, min_seq=1, opt_seq=32, max_seq=64)

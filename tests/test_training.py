@@ -39,7 +39,7 @@ def test_linear_schedule_matches_the_classic_warmup_then_linear_decay():
 def test_plateau_schedule_needs_patience_and_a_ceiling_above_the_decay():
     from pydantic import ValidationError
 
-    from enginekit.config import TrainingConfig
+    from tasks.config import TrainingConfig
 
     with pytest.raises(ValidationError, match="needs early_stopping_patience"):
         TrainingConfig(early_stopping_patience=None)
@@ -50,7 +50,7 @@ def test_plateau_schedule_needs_patience_and_a_ceiling_above_the_decay():
 
 def test_a_partial_training_section_keeps_its_stages_own_defaults(tmp_path):
     """Setting one KD-QAT key must not turn KD-QAT into the teacher's 20-epoch plateau recipe."""
-    from enginekit.config import config_from_mapping
+    from tasks.config import config_from_mapping
 
     mapping = {"model_name": "m", "publish": {"store": {"bucket": "bucket"}}}
     mapping["quantize"] = {"training": {"learning_rate": 1e-5}}
@@ -63,7 +63,7 @@ def test_a_partial_training_section_keeps_its_stages_own_defaults(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_teacher_setup(tmp_path_factory):
-    from enginekit.config import config_from_mapping
+    from tasks.config import config_from_mapping
     from tasks.data import prepare_data
 
     root = tmp_path_factory.mktemp("plateau")
@@ -120,7 +120,7 @@ def test_a_teacher_cut_by_the_ceiling_while_improving_is_reported_with_a_warning
 
 
 def test_learning_rate_probe_continues_the_best_rate_and_says_why(tiny_teacher_setup):
-    from enginekit.config import LearningRateProbeConfig
+    from tasks.config import LearningRateProbeConfig
     from tasks.teacher import train_teacher
 
     root, config, data = tiny_teacher_setup

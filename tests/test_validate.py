@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from enginekit.config import ValidateConfig
+from tasks.config import ValidateConfig
 from tasks.validate import accuracy_gate, mcnemar_exact_p, measure_speed, min_accuracy_gate, paired_comparison
 
 

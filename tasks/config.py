@@ -1,4 +1,7 @@
-"""Typed configuration for every stage; YAML files in ``configs/`` only fill these models.
+"""Typed configuration of the pipeline, one section per stage; YAML files in ``configs/`` only fill these models.
+
+The serving process never imports this module (its settings are ``serving/settings.py``); what the two
+share (object-store settings, TensorRT profiles) lives with the runtime in ``enginekit``.
 
 One model per concern, a docstring per field, cross-field checks in validators. ``load_config`` reads a
 YAML file, applies ``section.key=value`` overrides, and turns every validation problem into a message
@@ -16,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from enginekit.objectstore import ObjectStoreSettings
+from enginekit.tensorrt_support import TensorRTProfile
 
 
 class ConfigError(Exception):
@@ -282,28 +286,6 @@ class ExportConfig(_Section):
     neighbouring INT8 step, which moves single logits by up to ~0.6 on MiniLM (mean ~0.008)."""
 
 
-class TensorRTProfile(_Section):
-    """One optimization profile: the batch x sequence range a TensorRT engine is tuned for (opt = the
-    shape its kernels are timed at)."""
-
-    min_batch: int = Field(default=1, gt=0)
-    opt_batch: int = Field(gt=0)
-    max_batch: int = Field(gt=0)
-    min_seq: int = Field(default=1, gt=0)
-    opt_seq: int = Field(gt=0)
-    max_seq: int = Field(gt=0)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> TensorRTProfile:
-        if not self.min_batch <= self.opt_batch <= self.max_batch:
-            raise ValueError(
-                f"need min_batch <= opt_batch <= max_batch, got {self.min_batch}/{self.opt_batch}/{self.max_batch}"
-            )
-        if not self.min_seq <= self.opt_seq <= self.max_seq:
-            raise ValueError(f"need min_seq <= opt_seq <= max_seq, got {self.min_seq}/{self.opt_seq}/{self.max_seq}")
-        return self
-
-
 class TensorRTConfig(_Section):
     profiles: list[TensorRTProfile] = Field(
         default_factory=lambda: [
@@ -416,7 +398,7 @@ def _format_validation_error(error: ValidationError, where: str) -> str:
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
         if item["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key (check spelling; see enginekit/config.py for allowed keys)")
+            lines.append(f"  {key}: unknown key (check spelling; see tasks/config.py for allowed keys)")
         elif item["type"] == "missing":
             lines.append(f"  {key}: required key is missing")
         else:

@@ -1,0 +1,225 @@
+"""Dynamic batching: concurrent requests coalesced into engine batches of rows of similar token length.
+
+Requests wait in one bounded queue (counted in rows). A single worker thread — never the event loop —
+takes everything queued once the first row has waited ``max_queue_delay_ms`` (or a full batch is there),
+tokenizes it, groups the rows by token-length bucket so a short query is not padded to a long one, runs
+each group in batches of at most ``max_batch_size`` rows on the engine that is serving when the group was
+taken, and answers each request as soon as its last row is done. Every row of a request runs on the same
+engine, so a swap in the middle never mixes versions inside one answer.
+
+Back-pressure instead of growth: a request that would push the queue past ``max_queued_rows`` is refused
+at once (``OverloadedError``: 503 with Retry-After), and a request still queued at its deadline is answered
+``DeadlineExceededError`` (503) without running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from serving.engines import EngineSet, LoadedEngine
+from serving.settings import BatchingSettings
+
+
+class OverloadedError(Exception):
+    """The queue is full; retry after ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceededError(Exception):
+    """The request waited past its deadline and was not run."""
+
+
+class NotReadyError(Exception):
+    """No verified engine is loaded yet."""
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    logits: np.ndarray
+    """float32 (rows, labels), in the request's row order."""
+    engine: LoadedEngine
+    queue_seconds: float
+
+
+@dataclass(eq=False)
+class _Pending:
+    texts: list[str]
+    pairs: list[str] | None
+    future: asyncio.Future[BatchResult]
+    loop: asyncio.AbstractEventLoop
+    enqueued: float
+    deadline: float
+    logits: np.ndarray | None = None
+    remaining: int = 0
+    started: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass
+class BatchObserver:
+    """Hooks for metrics (queue time, rows per engine call, engine seconds); no-ops by default."""
+
+    queue_seconds: Callable[[float], None] = lambda _seconds: None
+    batch_rows: Callable[[int], None] = lambda _rows: None
+    engine_seconds: Callable[[float], None] = lambda _seconds: None
+
+
+def _resolve(future: asyncio.Future, result: BatchResult | None, error: BaseException | None) -> None:
+    if future.done():  # the client went away and its handler was cancelled
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class Batcher:
+    def __init__(self, engines: EngineSet, settings: BatchingSettings, observer: BatchObserver | None = None) -> None:
+        self.engines = engines
+        self.settings = settings
+        self.observer = observer or BatchObserver()
+        self._queue: deque[_Pending] = deque()
+        self._queued_rows = 0
+        self._condition = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._work, name="batcher", daemon=True)
+        self.seconds_per_row = 0.001
+        """Moving average of engine seconds per row: sizes the Retry-After hint."""
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._condition:
+            self._stopping = True
+            self._condition.notify_all()
+        self._thread.join(timeout=10)
+
+    async def submit(self, texts: list[str], pairs: list[str] | None, timeout_ms: float | None) -> BatchResult:
+        if self.engines.current is None:
+            raise NotReadyError("no verified engine is loaded yet")
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        budget = min(timeout_ms or self.settings.request_timeout_ms, self.settings.request_timeout_ms) / 1000
+        pending = _Pending(texts, pairs, loop.create_future(), loop, now, now + budget)
+        with self._condition:
+            if self._queued_rows + len(texts) > self.settings.max_queued_rows:
+                wait = max(0.05, self._queued_rows * self.seconds_per_row)
+                raise OverloadedError(
+                    f"the server is at capacity ({self._queued_rows} rows queued, limit "
+                    f"{self.settings.max_queued_rows}); retry in {wait:.2f} s",
+                    wait,
+                )
+            self._queue.append(pending)
+            self._queued_rows += len(texts)
+            self._condition.notify()
+        return await pending.future
+
+    # ---- worker thread
+
+    def _take(self) -> list[_Pending] | None:
+        """Wait for rows, give the first one max_queue_delay_ms to gather company, take what is queued."""
+        delay = self.settings.max_queue_delay_ms / 1000
+        with self._condition:
+            while not self._queue and not self._stopping:
+                self._condition.wait()
+            if self._stopping:
+                return None
+            gather_until = self._queue[0].enqueued + delay
+            while self._queued_rows < self.settings.max_batch_size and not self._stopping:
+                remaining = gather_until - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._condition.wait(remaining)
+            taken: list[_Pending] = []
+            rows = 0
+            # Up to a few batches' worth, so rows of equal length can find each other across requests.
+            while self._queue and (not taken or rows + len(self._queue[0]) <= 4 * self.settings.max_batch_size):
+                item = self._queue.popleft()
+                taken.append(item)
+                rows += len(item)
+            self._queued_rows -= rows
+            return taken
+
+    def _work(self) -> None:
+        while True:
+            taken = self._take()
+            if taken is None:
+                return
+            now = time.monotonic()
+            live = []
+            for item in taken:
+                if now > item.deadline:
+                    waited = now - item.enqueued
+                    error = DeadlineExceededError(f"the request waited {1000 * waited:.0f} ms, past its deadline")
+                    item.loop.call_soon_threadsafe(_resolve, item.future, None, error)
+                else:
+                    live.append(item)
+            if not live:
+                continue
+            engine = self.engines.current  # every row taken now runs on this engine
+            if engine is None:
+                for item in live:
+                    item.loop.call_soon_threadsafe(_resolve, item.future, None, NotReadyError("no engine is loaded"))
+                continue
+            try:
+                self._run(engine, live, now)
+            except Exception as error:  # an engine failure fails these requests, never the worker
+                for item in live:
+                    item.loop.call_soon_threadsafe(_resolve, item.future, None, error)
+
+    def _run(self, engine: LoadedEngine, items: list[_Pending], started: float) -> None:
+        runtime = engine.runtime
+        labels = len(runtime.manifest.labels)
+        owners: list[tuple[_Pending, int]] = []
+        texts: list[str] = []
+        pairs: list[str] | None = [] if items[0].pairs is not None else None
+        for item in items:
+            item.logits = np.empty((len(item), labels), dtype=np.float32)
+            item.remaining = len(item)
+            item.started = started
+            self.observer.queue_seconds(started - item.enqueued)
+            owners += [(item, row) for row in range(len(item))]
+            texts += item.texts
+            if pairs is not None and item.pairs is not None:
+                pairs += item.pairs
+        rows = runtime.encoder.tokenize(texts, pairs)
+        bounds = self.settings.length_buckets
+        buckets: dict[int, list[int]] = {}
+        for index, tokenized in enumerate(rows):
+            buckets.setdefault(bisect.bisect_left(bounds, len(tokenized)), []).append(index)
+        limit = min(self.settings.max_batch_size, runtime.manifest.max_batch_size)
+        for members in buckets.values():  # in order of first appearance: the oldest rows first
+            for start in range(0, len(members), limit):
+                chunk = members[start : start + limit]
+                began = time.perf_counter()
+                logits = runtime.run(runtime.encoder.collate([rows[i] for i in chunk]))
+                seconds = time.perf_counter() - began
+                self.observer.batch_rows(len(chunk))
+                self.observer.engine_seconds(seconds)
+                self.seconds_per_row = 0.9 * self.seconds_per_row + 0.1 * seconds / len(chunk)
+                for position, index in enumerate(chunk):
+                    item, row = owners[index]
+                    assert item.logits is not None
+                    item.logits[row] = logits[position]
+                    item.remaining -= 1
+                    if item.remaining == 0:
+                        result = BatchResult(item.logits, engine, item.started - item.enqueued)
+                        item.loop.call_soon_threadsafe(_resolve, item.future, result, None)

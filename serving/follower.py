@@ -1,0 +1,338 @@
+"""Follow the channel pointer and hot-swap verified engines, off the serving path.
+
+One thread polls ``channels/CHANNEL.json`` with a conditional GET every ``poll_interval_s``. When the
+pointer names a new version:
+
+1. **download** it into ``state_dir/versions/VERSION`` (``ObjectStoreReader.fetch_version``: staged in a
+   temporary folder, every file checked against the manifest and the pointer's bundle digest, renamed
+   into place only when complete);
+2. **verify** the local copy against its manifest again (a cached copy could have been touched);
+3. **compatibility**: backend and runtime version runnable here, the inputs this server feeds, the label
+   set and pair/single-text mode of the serving engine (clients depend on both);
+4. **build** the engine (an ONNX Runtime session; the serving thread never waits for it);
+5. **warm** every (batch size x length bucket) shape once, so first-run allocations do not hit users;
+6. **golden** replay: the canary inputs recorded at build time must give the recorded predictions;
+7. **swap** atomically (``EngineSet.swap``): new batches take the new engine, running ones finish on theirs.
+
+Any failure leaves the serving engine in place, is logged and counted (``swaps_total{result=...}``), and
+is not retried until the pointer changes again. A pointer moved back to the previous version swaps the
+still-resident previous engine back in without loading anything (rollback). If the store is unreachable
+at start, the last verified local copy is served, and ``/v2/health/ready`` says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from enginekit.bundle import Manifest, verify_bundle, write_json_atomic
+from enginekit.objectstore import ChannelPointer, FetchDestinationError, ObjectStoreError, ObjectStoreReader
+from enginekit.runtime import IncompatibleBundleError, check_golden, load_engine
+from enginekit.tokenization import MODEL_INPUT_NAMES, EncodedBatch
+from serving.engines import EngineSet, LoadedEngine
+from serving.settings import ServerSettings
+
+logger = logging.getLogger("serving.follower")
+
+LAST_VERIFIED = "last-verified.json"
+PHASES = ("download", "verify", "compatibility", "build", "warm", "golden", "swap")
+
+
+class SwapError(Exception):
+    """A version could not be swapped in; ``phase`` says where it failed."""
+
+    def __init__(self, phase: str, message: str) -> None:
+        super().__init__(message)
+        self.phase = phase
+
+
+@dataclass
+class FollowerStatus:
+    """What ``/v2/health/ready`` reports besides the serving engine."""
+
+    store_reachable: bool | None = None
+    """None until the first poll finished."""
+    store_error: str | None = None
+    source_note: str | None = None
+    """Set while serving a local copy because the store was unreachable at start."""
+    last_swap: dict | None = None
+    last_failure: dict | None = None
+    polls: int = 0
+
+
+@dataclass
+class SwapObserver:
+    """Hooks for metrics; no-ops by default."""
+
+    swap_result: Callable[[str], None] = lambda _result: None
+    phase_seconds: Callable[[str, float], None] = lambda _phase, _seconds: None
+    poll_result: Callable[[str], None] = lambda _result: None
+    serving: Callable[[LoadedEngine], None] = lambda _engine: None
+
+
+def check_serving_compatibility(manifest: Manifest, serving: Manifest | None, allow_label_change: bool) -> None:
+    """What this server can feed and what its clients rely on; raises ``IncompatibleBundleError``."""
+    fed = set(MODEL_INPUT_NAMES)
+    unknown = [spec.name for spec in manifest.inputs if spec.name not in fed]
+    if unknown:
+        raise IncompatibleBundleError(f"the engine wants inputs {unknown}; this server feeds only {sorted(fed)}")
+    if len(manifest.outputs) != 1:
+        raise IncompatibleBundleError(f"the engine has {len(manifest.outputs)} outputs; one (the logits) expected")
+    if len(set(manifest.labels)) != len(manifest.labels):
+        raise IncompatibleBundleError("the manifest's labels are not unique")
+    if serving is None:
+        return
+    if manifest.tokenizer.text_pair != serving.tokenizer.text_pair:
+        mode = "text pairs" if manifest.tokenizer.text_pair else "single texts"
+        raise IncompatibleBundleError(f"the new engine classifies {mode}, unlike the serving one: clients would break")
+    if manifest.labels != serving.labels and not allow_label_change:
+        raise IncompatibleBundleError(
+            f"the new engine's labels {manifest.labels} differ from the serving ones {serving.labels} "
+            "(set swap.allow_label_change to accept a label change)"
+        )
+
+
+def warm_shapes(engine: LoadedEngine, batch_sizes: list[int], length_buckets: list[int]) -> int:
+    """Run the engine once per (batch size, length) the batcher will produce; returns the number of runs."""
+    runtime = engine.runtime
+    manifest = runtime.manifest
+    lengths = sorted({min(bound, manifest.max_seq_length) for bound in length_buckets} | {manifest.max_seq_length})
+    runs = 0
+    for batch in sorted({min(size, manifest.max_batch_size) for size in batch_sizes}):
+        for length in lengths:
+            ids = np.full((batch, length), 1000, dtype=np.int64)  # any in-vocabulary id
+            ids[:, 0], ids[:, -1] = 101, 102
+            ones = np.ones_like(ids)
+            runtime.run(EncodedBatch(ids, ones, np.zeros_like(ids)))
+            runs += 1
+    return runs
+
+
+class ChannelFollower:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        engines: EngineSet,
+        observer: SwapObserver | None = None,
+        reader: ObjectStoreReader | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engines = engines
+        self.observer = observer or SwapObserver()
+        self.reader = reader or ObjectStoreReader(settings.store)
+        self.status = FollowerStatus()
+        self._etag: str | None = None
+        self._failed_etag: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="channel-follower", daemon=True)
+        self.versions_dir = settings.swap.state_dir / "versions"
+
+    # ---- lifecycle
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        first = True
+        while not self._stop.is_set():
+            try:
+                self.poll_once(starting=first)
+            except Exception:  # never let the follower die: the server keeps serving what it has
+                logger.exception("unexpected error while following the channel")
+            first = False
+            self.engines.expire()
+            self._stop.wait(self.settings.swap.poll_interval_s)
+
+    # ---- one poll
+
+    def poll_once(self, starting: bool = False) -> None:
+        settings = self.settings
+        self.status.polls += 1
+        try:
+            read = self.reader.poll_channel(settings.model_name, settings.channel, self._etag)
+        except ObjectStoreError as error:
+            self.status.store_reachable, self.status.store_error = False, str(error)
+            self.observer.poll_result("error")
+            logger.warning("cannot read the channel pointer: %s", error)
+            if starting or self.engines.current is None:
+                self._serve_last_verified(error)
+            return
+        self.status.store_reachable, self.status.store_error = True, None
+        self.observer.poll_result("changed" if read.changed else "unchanged")
+        if not read.changed:
+            return
+        self._etag = read.etag
+        if read.pointer is None:
+            logger.info("channel %s of %s has no pointer yet", settings.channel, settings.model_name)
+            return
+        self.follow(read.pointer)
+
+    def follow(self, pointer: ChannelPointer) -> None:
+        current = self.engines.current
+        if current is not None and current.version == pointer.version and current.digest == pointer.bundle_digest:
+            if self.status.source_note:
+                logger.info("object store reachable again; it names the version already serving")
+                self.status.source_note = None
+            return
+        if pointer.etag is not None and pointer.etag == self._failed_etag:
+            return  # this exact pointer failed already; wait for the next move
+        started = time.perf_counter()
+        rolled_back = self.engines.rollback(pointer.version)
+        if rolled_back is not None and rolled_back.digest == pointer.bundle_digest:
+            seconds = time.perf_counter() - started
+            self.observer.phase_seconds("swap", seconds)
+            self.observer.swap_result("rollback")
+            self.observer.serving(rolled_back)
+            self._record_success(rolled_back, pointer, seconds, rollback=True)
+            logger.info("rolled back to the resident version %s in %.3f s", pointer.version, seconds)
+            return
+        try:
+            engine = self.stage(pointer)
+        except SwapError as error:
+            self._failed_etag = pointer.etag
+            self.observer.swap_result(f"{error.phase}_failed")
+            self.status.last_failure = {
+                "version": pointer.version,
+                "phase": error.phase,
+                "error": str(error),
+                "at": time.time(),
+            }
+            serving = current.version if current else "nothing"
+            logger.error("version %s refused (%s): %s; still serving %s", pointer.version, error.phase, error, serving)
+            return
+        with self._phase("swap"):
+            self.engines.swap(engine)
+        self.observer.swap_result("success")
+        self.observer.serving(engine)
+        self._record_success(engine, pointer, time.perf_counter() - started, rollback=False)
+        self._prune_local_copies()
+
+    # ---- staging a version
+
+    @contextmanager
+    def _phase(self, name: str):
+        began = time.perf_counter()
+        try:
+            yield
+        except SwapError:
+            raise
+        except Exception as error:  # whatever breaks a phase refuses the version; serving goes on
+            raise SwapError(name, f"{type(error).__name__}: {error}") from error
+        finally:
+            self.observer.phase_seconds(name, time.perf_counter() - began)
+
+    def stage(self, pointer: ChannelPointer) -> LoadedEngine:
+        """Download, verify, check, build, warm and replay a version; the engine it returns is ready to swap."""
+        settings = self.settings
+        # At most two engines resident: the serving one and the one being staged.
+        self.engines.drop_previous()
+        local = self.versions_dir / pointer.version
+        with self._phase("download"):
+            fetch = self.reader.fetch_version
+            try:
+                fetch(settings.model_name, pointer.version, local, expected_bundle_digest=pointer.bundle_digest)
+            except FetchDestinationError:  # a damaged or stale local copy: fetch afresh
+                shutil.rmtree(local)
+                fetch(settings.model_name, pointer.version, local, expected_bundle_digest=pointer.bundle_digest)
+        engine = self._load(local, pointer.version, pointer.bundle_digest, source="channel")
+        return engine
+
+    def _load(self, local: Path, version: str, digest: str, source: str) -> LoadedEngine:
+        settings = self.settings
+        with self._phase("verify"):
+            manifest = verify_bundle(local)
+            if manifest.digest() != digest:
+                raise SwapError("verify", f"local copy {local} has digest {manifest.digest()}, expected {digest}")
+        with self._phase("compatibility"):
+            serving = self.engines.current
+            check_serving_compatibility(
+                manifest, serving.runtime.manifest if serving else None, settings.swap.allow_label_change
+            )
+        with self._phase("build"):
+            runtime = load_engine(local, threads=settings.engine_threads, verify_golden=False)
+            engine = EngineSet.track(LoadedEngine(runtime, version, digest, local, source))
+        with self._phase("warm"):
+            warm_shapes(engine, settings.swap.warm_batch_sizes, settings.batching.length_buckets)
+        with self._phase("golden"):
+            check_golden(runtime, local)
+        return engine
+
+    # ---- local copies
+
+    def _record_success(self, engine: LoadedEngine, pointer: ChannelPointer, seconds: float, rollback: bool) -> None:
+        self.status.last_swap = {
+            "version": engine.version,
+            "rollback": rollback,
+            "seconds": round(seconds, 4),
+            "pointer_updated_at": pointer.updated_at,
+            "at": time.time(),
+        }
+        self.status.source_note = None
+        record = {
+            "model": self.settings.model_name,
+            "channel": self.settings.channel,
+            "version": engine.version,
+            "digest": engine.digest,
+            "directory": str(engine.bundle_dir),
+            "verified_at": time.time(),
+        }
+        write_json_atomic(self.settings.swap.state_dir / LAST_VERIFIED, record)
+
+    def _serve_last_verified(self, error: Exception) -> None:
+        if self.engines.current is not None:
+            return
+        path = self.settings.swap.state_dir / LAST_VERIFIED
+        if not path.is_file():
+            logger.error("object store unreachable and no verified local copy in %s: not ready", path.parent)
+            return
+        record = json.loads(path.read_text())
+        if record.get("model") != self.settings.model_name:
+            return
+        try:
+            engine = self._load(Path(record["directory"]), record["version"], record["digest"], source="local copy")
+        except SwapError as failure:
+            logger.error("last verified local copy %s fails now (%s): %s", record["directory"], failure.phase, failure)
+            self.status.last_failure = {"version": record["version"], "phase": failure.phase, "error": str(failure)}
+            return
+        self.engines.swap(engine)
+        self.observer.swap_result("local_copy")
+        self.observer.serving(engine)
+        self.status.source_note = (
+            f"object store unreachable at start ({type(error).__name__}); serving the last verified local copy "
+            f"{record['version']} from {record['directory']}"
+        )
+        logger.warning(self.status.source_note)
+
+    def _prune_local_copies(self) -> None:
+        keep = {engine.version for engine in (self.engines.current, self.engines.previous) if engine is not None}
+        if not self.versions_dir.is_dir():
+            return
+        copies = sorted(
+            (path for path in self.versions_dir.iterdir() if path.is_dir() and not path.name.startswith(".")),
+            key=lambda path: path.stat().st_mtime,
+            reverse=True,
+        )
+        spare = self.settings.swap.keep_local_versions - len(keep)
+        for path in copies:
+            if path.name in keep:
+                continue
+            if spare > 0:
+                spare -= 1
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+
+    def snapshot(self) -> dict:
+        return asdict(self.status)

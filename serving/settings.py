@@ -1,0 +1,140 @@
+"""Serving settings: one typed model, filled from a YAML file and ``INT8_SERVE_*`` environment variables.
+
+Environment variables win over the file (``INT8_SERVE_PORT=9000``, nested keys with ``__``:
+``INT8_SERVE_BATCHING__MAX_BATCH_SIZE=16``). Credentials never appear here: the object store reads them
+from the standard AWS chain (``enginekit.objectstore``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from enginekit.objectstore import ObjectStoreSettings
+
+
+class SettingsError(Exception):
+    """The serving configuration is wrong; the message names the file, the key and what was expected."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LimitSettings(_Section):
+    """What one request may carry. Anything beyond is refused with 4xx and a message, never truncated."""
+
+    max_texts_per_request: int = Field(default=64, gt=0)
+    max_chars_per_text: int = Field(default=2000, gt=0)
+    """Characters (not tokens) per text; texts longer in tokens than the bundle's max_seq_length are
+    truncated by the tokenizer as in training."""
+    max_body_bytes: int = Field(default=1 << 20, gt=0)
+    """Request body size (after decompression) in bytes."""
+
+
+class BatchingSettings(_Section):
+    """Dynamic batching: concurrent requests are coalesced into engine batches of rows of similar length."""
+
+    max_batch_size: int = Field(default=32, gt=0)
+    """Rows per engine call (capped by the bundle's max_batch_size)."""
+    max_queue_delay_ms: float = Field(default=2.0, ge=0.0)
+    """How long the batcher waits for more rows after the first one arrives (a latency/throughput knob)."""
+    max_queued_rows: int = Field(default=1024, gt=0)
+    """Rows waiting for the engine; beyond this a request is answered 503 with Retry-After at once."""
+    length_buckets: list[int] = Field(default_factory=lambda: [8, 16, 32, 64], min_length=1)
+    """Token-length bucket bounds: rows are batched with rows of the same bucket, so a short query is
+    not padded to a long one. Rows longer than the last bound form one more bucket."""
+    request_timeout_ms: float = Field(default=2000.0, gt=0.0)
+    """Deadline of a request (queueing + inference); a request past it is answered 503 and not run."""
+
+    @field_validator("length_buckets")
+    @classmethod
+    def _increasing(cls, bounds: list[int]) -> list[int]:
+        if sorted(set(bounds)) != bounds or bounds[0] <= 0:
+            raise ValueError(f"length_buckets must be positive and strictly increasing, got {bounds}")
+        return bounds
+
+
+class SwapSettings(_Section):
+    """Following the channel pointer and swapping engines."""
+
+    poll_interval_s: float = Field(default=2.0, gt=0.0)
+    """Seconds between conditional GETs of the channel pointer."""
+    keep_previous_s: float = Field(default=600.0, ge=0.0)
+    """The previous engine stays loaded this long after a swap, so a rollback (the pointer moved back)
+    swaps in at once; at most two engines are resident."""
+    state_dir: Path = Path(".state/serving")
+    """Downloaded versions (``versions/``) and the record of the last verified one, used when the object
+    store is unreachable at start."""
+    keep_local_versions: int = Field(default=3, ge=2)
+    """Local copies kept (the serving ones always); older ones are deleted."""
+    warm_batch_sizes: list[int] = Field(default_factory=lambda: [1, 4, 32], min_length=1)
+    """Batch sizes run once per length bucket before a new engine takes traffic (first-run allocations
+    and kernel choices happen there, not on a user's request)."""
+    allow_label_change: bool = False
+    """Refuse a version whose label set differs from the serving one's (clients read labels by name)."""
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INT8_SERVE_", env_nested_delimiter="__", extra="forbid", frozen=True)
+
+    model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    """The model whose channel this server follows (the registered model name)."""
+    channel: str = Field(default="production", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    store: ObjectStoreSettings
+    host: str = "127.0.0.1"
+    """Bind address; 127.0.0.1 unless a deployment puts the server behind a network on purpose."""
+    port: int = Field(default=8000, ge=0, le=65535)
+    engine_threads: int = Field(default=0, ge=0)
+    """ONNX Runtime intra-op threads per engine; 0 = one per physical core."""
+    limits: LimitSettings = LimitSettings()
+    batching: BatchingSettings = BatchingSettings()
+    swap: SwapSettings = SwapSettings()
+
+    @model_validator(mode="after")
+    def _no_secrets_in_the_store_settings(self) -> ServerSettings:
+        if self.store.create_bucket:
+            raise ValueError("store.create_bucket: a server only reads; it must not create buckets")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file (init = the YAML mapping); no .env or secrets files.
+        return env_settings, init_settings
+
+
+def load_settings(path: Path | None, overrides: dict[str, Any] | None = None) -> ServerSettings:
+    """Settings from a YAML file (or none: environment only), then ``overrides`` (command-line flags)."""
+    raw: Any = {}
+    where = "environment (INT8_SERVE_*)"
+    if path is not None:
+        where = str(path)
+        if not Path(path).is_file():
+            raise SettingsError(f"serving config {path} does not exist (configs/serving/ holds the shipped ones)")
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as error:
+            raise SettingsError(f"{path}: not valid YAML: {error}") from None
+        if not isinstance(raw, dict):
+            raise SettingsError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    raw = {**raw, **(overrides or {})}
+    try:
+        return ServerSettings(**raw)
+    except ValidationError as error:
+        problems = [
+            f"  {'.'.join(str(part) for part in item['loc']) or '(top level)'}: {item['msg']}"
+            + (f" (got {item['input']!r})" if item["type"] != "missing" and not isinstance(item["input"], dict) else "")
+            for item in error.errors()
+        ]
+        raise SettingsError(f"{where}: invalid serving configuration\n" + "\n".join(problems)) from None
