@@ -80,6 +80,24 @@ def check_golden(engine: EngineRuntime, bundle_dir: Path) -> float:
     return difference
 
 
+def check_runnable(manifest: Manifest) -> None:
+    """Refuse a bundle this machine cannot run (backend missing, other runtime release) before loading it.
+
+    The GPU identity of a TensorRT engine is checked when it is loaded (it needs CUDA to ask).
+    """
+    if manifest.backend == "onnxruntime":
+        import onnxruntime as ort
+
+        from enginekit.runtime_onnx import check_compatible
+
+        check_compatible(manifest, ort.__version__)
+    elif manifest.backend == "tensorrt":
+        try:
+            import tensorrt  # noqa: F401 - only whether it is there
+        except ImportError as error:
+            raise IncompatibleBundleError(f"bundle {manifest.model_name} is a TensorRT engine: {error}") from None
+
+
 def load_engine(bundle_dir: Path, *, threads: int = 0, verify_golden: bool = True) -> EngineRuntime:
     bundle_dir = Path(bundle_dir)
     manifest = verify_bundle(bundle_dir)

@@ -75,6 +75,8 @@ class BatchObserver:
     queue_seconds: Callable[[float], None] = lambda _seconds: None
     batch_rows: Callable[[int], None] = lambda _rows: None
     engine_seconds: Callable[[float], None] = lambda _seconds: None
+    batch_shape: Callable[[int, int], None] = lambda _rows, _length: None
+    """(rows, padded token length) of every engine call."""
 
 
 def _resolve(future: asyncio.Future, result: BatchResult | None, error: BaseException | None) -> None:
@@ -210,9 +212,11 @@ class Batcher:
             for start in range(0, len(members), limit):
                 chunk = members[start : start + limit]
                 began = time.perf_counter()
-                logits = runtime.run(runtime.encoder.collate([rows[i] for i in chunk]))
+                batch = runtime.encoder.collate([rows[i] for i in chunk])
+                logits = runtime.run(batch)
                 seconds = time.perf_counter() - began
                 self.observer.batch_rows(len(chunk))
+                self.observer.batch_shape(len(chunk), int(batch.input_ids.shape[1]))
                 self.observer.engine_seconds(seconds)
                 self.seconds_per_row = 0.9 * self.seconds_per_row + 0.1 * seconds / len(chunk)
                 for position, index in enumerate(chunk):

@@ -36,7 +36,7 @@ import numpy as np
 
 from enginekit.bundle import Manifest, verify_bundle, write_json_atomic
 from enginekit.objectstore import ChannelPointer, FetchDestinationError, ObjectStoreError, ObjectStoreReader
-from enginekit.runtime import IncompatibleBundleError, check_golden, load_engine
+from enginekit.runtime import IncompatibleBundleError, check_golden, check_runnable, load_engine
 from enginekit.tokenization import MODEL_INPUT_NAMES, EncodedBatch
 from serving.engines import EngineSet, LoadedEngine
 from serving.settings import ServerSettings
@@ -80,7 +80,8 @@ class SwapObserver:
 
 
 def check_serving_compatibility(manifest: Manifest, serving: Manifest | None, allow_label_change: bool) -> None:
-    """What this server can feed and what its clients rely on; raises ``IncompatibleBundleError``."""
+    """Runnable here, what this server can feed, and what its clients rely on; raises ``IncompatibleBundleError``."""
+    check_runnable(manifest)
     fed = set(MODEL_INPUT_NAMES)
     unknown = [spec.name for spec in manifest.inputs if spec.name not in fed]
     if unknown:
@@ -237,8 +238,6 @@ class ChannelFollower:
     def stage(self, pointer: ChannelPointer) -> LoadedEngine:
         """Download, verify, check, build, warm and replay a version; the engine it returns is ready to swap."""
         settings = self.settings
-        # At most two engines resident: the serving one and the one being staged.
-        self.engines.drop_previous()
         local = self.versions_dir / pointer.version
         with self._phase("download"):
             fetch = self.reader.fetch_version
@@ -261,6 +260,8 @@ class ChannelFollower:
             check_serving_compatibility(
                 manifest, serving.runtime.manifest if serving else None, settings.swap.allow_label_change
             )
+        # At most two engines resident: the serving one and the one being built (the previous one goes).
+        self.engines.drop_previous()
         with self._phase("build"):
             runtime = load_engine(local, threads=settings.engine_threads, verify_golden=False)
             engine = EngineSet.track(LoadedEngine(runtime, version, digest, local, source))
