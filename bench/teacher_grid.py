@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -30,16 +29,6 @@ from pathlib import Path
 
 DEFAULT_EPOCHS = (3, 6, 10)
 DEFAULT_RATES = (5e-5, 1e-4, 2e-4)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _test_accuracy(teacher, data) -> float:
@@ -142,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from enginekit.hardware import cpu_model
     from tasks.config import ConfigError, load_config
 
     try:
@@ -190,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         "labels": len(data.labels),
         "command": "python -m bench.teacher_grid " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-        "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "default": default,
         "cells": cells,
     }

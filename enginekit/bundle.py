@@ -89,13 +89,24 @@ class RuntimeRequirements(_Strict):
     tensorrt_profiles: list[dict[str, int]] | None = None
     """TensorRT optimization profiles (batch x sequence ranges) in the engine, in profile-index order."""
     tensorrt_fp16: bool | None = None
+    build_cpu: str | None = None
+    """CPU model of the machine that built the engine (``/proc/cpuinfo`` model name)."""
+    build_isa: list[str] | None = None
+    """The build CPU's instruction-set extensions that change ONNX Runtime's kernels (AVX2, AVX-512, VNNI,
+    AMX...). A server on another CPU runs other kernels: the golden tolerance is measured for that."""
 
 
 class GoldenSpec(_Strict):
     file: str = "golden.json"
     count: int = Field(ge=1)
     atol: float = Field(gt=0)
-    """Largest absolute logit difference tolerated when replaying the golden set."""
+    """Largest absolute logit difference tolerated when replaying the golden set (argmax must be equal)."""
+    atol_basis: str | None = None
+    """How ``atol`` was set: the logit differences measured at build time between numerically different
+    executions of the same graph (see ``tasks/engine_build.py``), times a safety factor."""
+    min_margin: float | None = None
+    """Smallest top-1 minus top-2 logit gap among the canaries: kept well above ``atol``, so kernel
+    differences between CPUs cannot flip a canary's predicted label."""
 
 
 class Lineage(_Strict):

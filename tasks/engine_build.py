@@ -35,8 +35,9 @@ from enginekit.bundle import (
     write_json_atomic,
     write_manifest,
 )
+from enginekit.hardware import cpu_isa, cpu_model
 from enginekit.lineage import code_version
-from enginekit.runtime import check_golden, load_engine, predict_logits
+from enginekit.runtime import EngineRuntime, check_golden, load_engine, predict_logits
 from enginekit.tokenization import MODEL_INPUT_NAMES
 from tasks.config import EngineConfig
 from tasks.data import PreparedData
@@ -95,15 +96,62 @@ def optimize_for_onnxruntime(source: Path, destination: Path, level: str, thread
     return ort.__version__
 
 
-def golden_rows(data: PreparedData, count: int, seed: int = 7) -> tuple[list[str], list[str] | None]:
-    """A fixed, seeded sample of test rows, sorted short-to-long so it spans query lengths."""
+GOLDEN_CANDIDATES = 4
+"""Candidate rows per canary kept: canaries are the candidates with a clear top-1 margin."""
+
+
+def golden_candidates(data: PreparedData, count: int, seed: int = 7) -> tuple[list[str], list[str] | None]:
+    """A fixed, seeded sample of test rows (``GOLDEN_CANDIDATES`` x ``count``) to pick canaries from."""
     test = data.load()["test"]
     rng = np.random.default_rng(seed)
-    picked = sorted(rng.choice(len(test), size=min(count, len(test)), replace=False).tolist())
+    picked = sorted(rng.choice(len(test), size=min(GOLDEN_CANDIDATES * count, len(test)), replace=False).tolist())
     texts = [test[i]["text"] for i in picked]
     pairs = [test[i]["text_pair"] for i in picked] if data.text_pair else None
-    order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
-    return [texts[i] for i in order], ([pairs[i] for i in order] if pairs else None)
+    return texts, pairs
+
+
+def top_margins(logits: np.ndarray) -> np.ndarray:
+    """Top-1 minus top-2 logit per row."""
+    ordered = np.sort(logits, axis=-1)
+    return ordered[:, -1] - ordered[:, -2]
+
+
+def select_canaries(logits: np.ndarray, lengths: list[int], count: int, min_margin: float) -> list[int]:
+    """``count`` rows whose label no kernel difference can flip: those with a margin >= ``min_margin``
+    (the widest margins when too few qualify), spread over lengths, returned short to long."""
+    margins = top_margins(logits)
+    clear = [i for i in range(len(logits)) if margins[i] >= min_margin]
+    if len(clear) < count:
+        clear = sorted(range(len(logits)), key=lambda i: -margins[i])[:count]
+    by_length = sorted(clear, key=lambda i: (lengths[i], i))
+    if len(by_length) > count:  # evenly spaced over the length order: short and long queries both
+        step = len(by_length) / count
+        by_length = [by_length[int(k * step)] for k in range(count)]
+    return by_length
+
+
+def kernel_variation(bundle_dir: Path, manifest: Manifest, feed: dict[str, np.ndarray], logits: np.ndarray) -> float:
+    """Largest |logit difference| between the engine and the same graph run through other kernels.
+
+    Another CPU runs other ONNX Runtime kernels (AVX2 / AVX-512 / VNNI / AMX paths for the FP32 ops around
+    the INT8 GEMMs; quantization of a value near a rounding boundary may land one INT8 step away). The
+    portable QDQ graph with no optimizations (reference Q/DQ and FP32 kernels, no fusions) and with ORT's
+    own load-time optimizations are two such other paths, measured here on the canaries themselves.
+    """
+    import onnxruntime as ort
+
+    differences = [0.0]
+    for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = level
+        options.intra_op_num_threads = 1
+        session = ort.InferenceSession(
+            str(bundle_dir / manifest.portable_onnx), options, providers=["CPUExecutionProvider"]
+        )
+        wanted = {node.name for node in session.get_inputs()}
+        other = session.run(None, {name: value for name, value in feed.items() if name in wanted})[0]
+        differences.append(float(np.abs(other - logits).max()))
+    return max(differences)
 
 
 def build_bundle(
@@ -142,6 +190,8 @@ def build_bundle(
             onnxruntime_version=ort_version,
             execution_provider="CPUExecutionProvider",
             graph_optimization_level=config.graph_optimization,
+            build_cpu=cpu_model(),
+            build_isa=cpu_isa(),
         )
         described = f"onnxruntime {ort_version}, {config.graph_optimization} optimizations" + (
             " + transformer fusions" if config.transformer_fusions else ""
@@ -175,19 +225,13 @@ def build_bundle(
     write_json_atomic(staging / GOLDEN_FILE, {"texts": [], "input_ids": [], "logits": []})
     write_manifest(staging, manifest.updated(files=[f.model_dump() for f in describe_files(staging, {})]))
     engine = load_engine(staging, threads=config.intra_op_threads, verify_golden=False)
-    texts, pairs = golden_rows(data, config.golden_set_size)
-    logits = predict_logits(engine, texts, pairs)
-    golden = {
-        "texts": texts,
-        "input_ids": engine.encoder.encode(texts, pairs).input_ids.tolist(),
-        "logits": logits.tolist(),
-    }
-    if pairs is not None:
-        golden["text_pairs"] = pairs
+    golden, golden_spec = record_golden(config, engine, staging, data, golden_atol)
     write_json_atomic(staging / GOLDEN_FILE, golden)
     roles = {ONNX_FILE: "onnx_qdq", engine_file: "engine", "tokenizer/": "tokenizer", GOLDEN_FILE: "golden"}
-    manifest = manifest.updated(files=[f.model_dump() for f in describe_files(staging, roles)])
+    files = [f.model_dump() for f in describe_files(staging, roles)]
+    manifest = manifest.updated(files=files, golden=golden_spec.model_dump())
     write_manifest(staging, manifest)
+    texts = golden["texts"]
 
     verify_bundle(staging)
     check_golden(load_engine(staging, threads=config.intra_op_threads, verify_golden=False), staging)
@@ -195,6 +239,47 @@ def build_bundle(
     staging.rename(out_dir)
     log(f"engine bundle {out_dir}: {described}, {len(texts)} golden rows, digest {manifest.digest()[:12]}")
     return BundleResult(directory=str(out_dir), digest=manifest.digest())
+
+
+def record_golden(
+    config: EngineConfig, engine: EngineRuntime, staging: Path, data: PreparedData, atol_floor: float
+) -> tuple[dict, GoldenSpec]:
+    """Canaries with a clear margin, the engine's own logits for them, and a tolerance measured for
+    other CPUs' kernels (ONNX Runtime bundles; a TensorRT engine replays on the GPU it was built for)."""
+    texts, pairs = golden_candidates(data, config.golden_set_size)
+    logits = predict_logits(engine, texts, pairs)
+    lengths = [len(row) for row in engine.encoder.tokenize(texts, pairs)]
+    chosen = select_canaries(logits, lengths, config.golden_set_size, config.golden_min_margin)
+    texts = [texts[i] for i in chosen]
+    pairs = [pairs[i] for i in chosen] if pairs is not None else None
+    logits = logits[chosen]
+    encoded = engine.encoder.encode(texts, pairs)
+    golden: dict = {"texts": texts, "input_ids": encoded.input_ids.tolist(), "logits": logits.tolist()}
+    if pairs is not None:
+        golden["text_pairs"] = pairs
+    atol, basis = atol_floor, f"floor {atol_floor:g} (engine.golden_atol)"
+    if engine.manifest.backend == "onnxruntime":
+        measured = kernel_variation(staging, engine.manifest, encoded.as_feed(), logits)
+        if config.golden_atol_factor * measured > atol_floor:
+            atol = config.golden_atol_factor * measured
+            basis = (
+                f"{config.golden_atol_factor:g} x {measured:.3g}, the largest logit difference on the canaries "
+                "between the engine and its portable graph run through other ONNX Runtime kernels "
+                f"(unoptimized and load-time optimized) on {cpu_model()}"
+            )
+        else:
+            basis += f"; measured kernel variation {measured:.3g} x {config.golden_atol_factor:g} is below it"
+    margin = float(top_margins(logits).min())
+    if margin <= 2 * atol:
+        raise ValueError(
+            f"the golden canaries' smallest top-1 margin ({margin:.3g}) is not above twice the replay tolerance "
+            f"({atol:.3g}): a kernel difference on another CPU could flip a canary's label. The model is unsure "
+            "of most test rows; check its accuracy, or lower engine.golden_min_margin knowingly"
+        )
+    spec = GoldenSpec(
+        file=GOLDEN_FILE, count=len(texts), atol=round(atol, 6), atol_basis=basis, min_margin=round(margin, 4)
+    )
+    return golden, spec
 
 
 def _build_tensorrt(config: EngineConfig, staging: Path, max_seq: int, log) -> RuntimeRequirements:

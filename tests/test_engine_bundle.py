@@ -117,3 +117,40 @@ def test_pyfunc_input_shapes():
         texts_from_input(["a", 3])
     with pytest.raises(ValueError, match="expected a 'text' column"):
         texts_from_input(pd.DataFrame({"x": ["a"], "y": ["b"]}))
+
+
+def test_canaries_have_a_clear_margin_and_a_measured_tolerance(tiny_build):
+    from enginekit.hardware import cpu_isa, cpu_model
+    from tasks.engine_build import top_margins
+
+    manifest = read_manifest(tiny_build.bundle_dir)
+    golden = json.loads((tiny_build.bundle_dir / "golden.json").read_text())
+    margins = top_margins(np.asarray(golden["logits"]))
+    assert manifest.golden.count == len(golden["texts"]) == tiny_build.config.engine.golden_set_size
+    assert manifest.golden.min_margin == pytest.approx(float(margins.min()), abs=1e-4)
+    assert manifest.golden.min_margin > 2 * manifest.golden.atol and manifest.golden.atol >= 1e-2
+    assert manifest.golden.atol_basis and manifest.runtime.build_cpu == cpu_model()
+    assert manifest.runtime.build_isa == cpu_isa()
+
+
+def test_canary_selection_prefers_clear_margins_spread_over_lengths():
+    from tasks.engine_build import select_canaries
+
+    logits = np.array([[5.0, 0.0], [0.1, 0.0], [3.0, 0.0], [0.0, 4.0], [2.5, 0.0], [0.0, 0.2]])
+    lengths = [9, 1, 3, 5, 7, 2]
+    assert select_canaries(logits, lengths, 3, min_margin=1.0) == [2, 3, 4]  # rows 1 and 5 are unsure
+    assert select_canaries(logits, lengths, 5, min_margin=1.0) == [5, 2, 3, 4, 0]  # too few: widest margins
+
+
+def test_the_golden_replay_holds_through_another_cpus_kernels(bundle):
+    """Run the bundle through other kernels (its portable graph, unoptimized) as another CPU would: the
+    recorded tolerance and labels must hold."""
+    from enginekit.bundle import describe_files
+    from enginekit.runtime import check_golden
+
+    manifest = read_manifest(bundle)
+    (bundle / manifest.engine_file).write_bytes((bundle / manifest.portable_onnx).read_bytes())
+    roles = {entry.path: entry.role for entry in manifest.files}
+    write_manifest(bundle, manifest.updated(files=[f.model_dump() for f in describe_files(bundle, roles)]))
+    engine = load_engine(bundle, verify_golden=False)
+    assert check_golden(engine, bundle) <= manifest.golden.atol
