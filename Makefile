@@ -8,6 +8,8 @@ ARGS ?=
 PY := $(VENV)/bin/python
 PREFECT_PORT ?= 4200
 S3_PORT ?= 8333
+SERVE_PORT ?= 8000
+SERVE_CONFIG ?= configs/serving/demo.yaml
 
 # Local stack environment for the embedded default (no secrets here: the S3 key lives in $(STATE)/stack).
 export PREFECT_HOME := $(abspath $(STATE))/prefect
@@ -16,11 +18,12 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help venv run stack-up stack-down stack-status test test-fast lint format typecheck bench clean
+.PHONY: help venv run serve stack-up stack-down stack-status test test-fast lint format typecheck bench clean
 
 help:
 	@echo "make run          set up the venv, start the local stack, run train_to_deploy on $(CONFIG)"
 	@echo "make test         set up the venv and run the test suite (what CI runs)"
+	@echo "make serve        serve the demo model on 127.0.0.1:$(SERVE_PORT), following its production channel"
 	@echo "make stack-up     start SeaweedFS S3 (127.0.0.1:$(S3_PORT)) and Prefect server (127.0.0.1:$(PREFECT_PORT))"
 	@echo "make stack-down   stop them (data stays in $(STATE)/)"
 	@echo "make lint         ruff check + format check; make typecheck: mypy"
@@ -47,6 +50,10 @@ stack-status: venv
 run: stack-up
 	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$(PREFECT_PORT)/api} \
 		$(VENV)/bin/int8-pipeline run --config $(CONFIG) $(ARGS)
+
+# The hot-swap server for the embedded default: follows the channel `make run` publishes to.
+serve: stack-up
+	$(VENV)/bin/int8-serve --config $(SERVE_CONFIG) --port $(SERVE_PORT)
 
 test: venv
 	$(PY) -m pytest $(ARGS)

@@ -3,6 +3,7 @@
 int8-pipeline run [--config configs/demo.yaml] [--set teacher.training.epochs=1 ...]
 int8-pipeline check-config configs/*.yaml
 int8-pipeline predict --model models:/NAME@champion "query one" "query two"
+int8-pipeline serve-model [--config configs/serving/demo.yaml]   (the hot-swap server, same as int8-serve)
 """
 
 from __future__ import annotations
@@ -160,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     check.set_defaults(handler=command_check_config)
 
+    # Listed for --help; main() hands its arguments to serving.cli untouched.
+    commands.add_parser("serve-model", help="run the hot-swap model server (int8-serve --help for its options)")
+
     predict = commands.add_parser("predict", help="classify texts with a registered model")
     predict.add_argument("--model", required=True, help="e.g. models:/query-intent-int8@champion")
     predict.add_argument("--tracking-uri", default=None)
@@ -169,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve-model"]:  # the server's own command line; it never imports the pipeline
+        from serving.cli import main as serve_main
+
+        return serve_main(argv[1:])
     arguments = build_parser().parse_args(argv)
     return int(arguments.handler(arguments))
 

@@ -41,6 +41,7 @@ class ServerProcess:
     directory: Path
     settings: dict[str, Any]
     python: str = sys.executable
+    cwd: Path = ROOT
     process: subprocess.Popen | None = None
     port: int = field(default_factory=free_port)
 
@@ -59,7 +60,7 @@ class ServerProcess:
         log = self.log_path.open("a")
         self.process = subprocess.Popen(
             [self.python, "-m", "serving", "--config", str(config)],
-            cwd=ROOT,
+            cwd=self.cwd,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
