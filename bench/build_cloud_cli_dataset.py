@@ -76,7 +76,7 @@ def build(man_dir: Path, out_dir: Path) -> dict[str, int]:
     if not by_product:
         raise SystemExit(f"error: no gcloud manual pages with a NAME line under {man_dir}")
     ranked = sorted(by_product, key=lambda product: (-len(by_product[product]), product))[:CLASSES]
-    rng = random.Random(SEED)  # noqa: S311 - a reproducible shuffle, not security
+    rng = random.Random(SEED)
     splits: dict[str, list[tuple[str, str]]] = {"train": [], "eval": [], "test": []}
     for product in sorted(ranked):
         texts = sorted(by_product[product])

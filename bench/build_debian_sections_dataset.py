@@ -126,7 +126,7 @@ def build(index_path: Path, out_dir: Path) -> dict[str, int]:
     by_section = collect(parse_packages(read_index(index_path)))
     if not any(by_section.values()):
         raise SystemExit(f"error: {index_path} holds no packages of the sections {', '.join(SECTIONS)}")
-    rng = random.Random(SEED)  # noqa: S311 - a reproducible sample, not security
+    rng = random.Random(SEED)
     splits: dict[str, list[tuple[str, str]]] = {"train": [], "eval": [], "test": []}
     for section in SECTIONS:
         rows = list(by_section[section])

@@ -33,6 +33,7 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -190,6 +191,38 @@ class _Service:
     command: Callable[[], list[str]]
     environment: Callable[[], dict[str, str]]
     healthy: Callable[[], bool]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A port the OS reports free now (another process may still take it later: good enough for tests)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def pick_stack_ports() -> StackPorts:
+    """Ports for a private stack (tests, benchmarks): every SeaweedFS port, its gRPC twin and Prefect's free.
+
+    Drawn from 20000-44999 so that +10000 stays below the ephemeral range the OS hands out.
+    """
+    chooser = random.Random()  # noqa: S311 - spreading ports, not security
+    for _attempt in range(200):
+        base = chooser.randrange(20_000, 44_980)
+        ports = StackPorts(s3=base + 10, seaweedfs_base=base, prefect=base + 11)
+        wanted = [*ports.seaweedfs().values(), ports.prefect]
+        if all(port_is_free(port) for port in wanted):
+            return ports
+    raise RuntimeError("no free block of ports for a test stack")
 
 
 class LocalStack:
@@ -369,7 +402,7 @@ class LocalStack:
 
     # ---- health checks
 
-    def _s3_client(self) -> Any:
+    def s3_client(self) -> Any:
         """A client with the stack's own keys, built once (health polling calls this often)."""
         if self._s3_client_cache is not None:
             return self._s3_client_cache
@@ -401,7 +434,7 @@ class LocalStack:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            self._s3_client().list_buckets()
+            self.s3_client().list_buckets()
         except (BotoCoreError, ClientError, LocalStackError):
             return False
         return True
@@ -497,7 +530,7 @@ class LocalStack:
     def _create_buckets(self) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        client = self._s3_client()
+        client = self.s3_client()
         for bucket in self.buckets:
             try:
                 client.create_bucket(Bucket=bucket)

@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         port=settings.port,
         log_level=arguments.log_level,
         access_log=False,
+        loop="uvloop",
+        http="httptools",
         timeout_graceful_shutdown=5,
     )
     return 0

@@ -8,8 +8,6 @@ reference count, so the session still runs a single SeaweedFS process.
 
 from __future__ import annotations
 
-import random
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,41 +16,9 @@ from typing import Any
 import pytest
 
 from enginekit.objectstore import ObjectStoreSettings
-from infra.localstack import LOCAL_PROFILE, LocalStack, StackPorts
+from infra.localstack import LOCAL_PROFILE, LocalStack, free_port, pick_stack_ports  # noqa: F401 (re-exported)
 
 TEST_BUCKET = "int8-test-engines"
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    """A port the OS reports free now (another process may still take it later: good enough for tests)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def pick_stack_ports() -> StackPorts:
-    """Ports for a stack where every SeaweedFS port (and its gRPC twin at +10000) and Prefect's are free.
-
-    Drawn from 20000-44999 so that +10000 stays below the ephemeral range the OS hands out.
-    """
-    chooser = random.Random()
-    for _attempt in range(200):
-        base = chooser.randrange(20_000, 44_980)
-        ports = StackPorts(s3=base + 10, seaweedfs_base=base, prefect=base + 11)
-        wanted = [*ports.seaweedfs().values(), ports.prefect]
-        if all(port_is_free(port) for port in wanted):
-            return ports
-    raise RuntimeError("no free block of ports for a test stack")
 
 
 @dataclass(frozen=True)
@@ -88,19 +54,7 @@ class LocalS3:
 
     def raw_client(self) -> Any:
         """A plain boto3 client with the server's credentials, to tamper with objects behind the store."""
-        import boto3
-        import botocore.session
-        from botocore.config import Config
-
-        core = botocore.session.Session()
-        core.set_config_variable("credentials_file", str(self.credentials_file))
-        session = boto3.session.Session(botocore_session=core, profile_name=LOCAL_PROFILE)
-        return session.client(
-            "s3",
-            endpoint_url=self.endpoint_url,
-            region_name="us-east-1",
-            config=Config(s3={"addressing_style": "path"}),
-        )
+        return self.stack.s3_client()
 
 
 _shared: dict[str, Any] = {"server": None, "users": 0}

@@ -1,0 +1,503 @@
+"""Serving under load while the channel moves: throughput, latency through swaps, failures, memory.
+
+One run, everything on loopback, bounded in requests and time:
+
+1. a private SeaweedFS; every version published up front with the project's own publisher (``fresh``
+   copies of one real bundle, plus a corrupt, an incompatible and a canary-failing one);
+2. the server (``python -m serving``) following the channel;
+3. **raw engine**: the same bundle's engine in this process, B32 batches of the same texts (rows/s);
+4. **saturation**: a closed-loop client process keeping many requests in flight (rows/s the server sustains);
+5. **open loop** at ``--load`` x saturation (Poisson arrivals, a separate client process) for three phases:
+   *before* (no swaps), *swaps* (the channel moved to each published version in turn, the bad ones and one
+   rollback among them, each move waiting until the server serves it or refuses it), *after*;
+6. the report: requests, failures, throughput, p50/p99 per phase, time from each pointer move to the first
+   response of the new version, the rollback's in-server swap time, the server's RSS after the 2nd and the
+   100th swap; the issue's targets with PASS/FAIL.
+
+    python -m bench.serve_load [--bundle .state/runs/<run>/bundle] [--swaps 100] [--load 0.7]
+
+Writes ``<out>.json`` and ``<out>.md`` (default ``bench/results/serve-load``). The client subcommands
+(``client-open``, ``client-closed``) are what the run starts in separate processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ------------------------------------------------------------------------------------------------ clients
+
+
+async def _post(client: Any, url: str, texts: list[str]) -> tuple[int, str]:
+    try:
+        async with client.post(url, json={"texts": texts}) as response:
+            await response.read()
+            return response.status, response.headers.get("x-model-version", "")
+    except Exception as error:  # a refused or dropped connection is a failed request too
+        return -1, type(error).__name__
+
+
+def _session(connections: int) -> Any:
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=connections, force_close=False)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30))
+
+
+async def _open_loop(url: str, rate: float, duration: float, texts: list[str], per_request: int, out: Path) -> None:
+    """Poisson arrivals at ``rate`` until ``duration`` passes or ``<out>.stop`` appears (the run's signal)."""
+    stop_file = out.with_suffix(".stop")
+    rng = random.Random(7)
+    records: list[tuple[float, float, int, str]] = []
+    async with _session(256) as client:
+
+        async def one(batch: list[str]) -> None:
+            sent = time.time()
+            status, version = await _post(client, url, batch)
+            records.append((sent, time.time(), status, version))
+
+        tasks = []
+        started = time.monotonic()
+        next_at = 0.0
+        while next_at < duration and not stop_file.exists():
+            delay = started + next_at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one([rng.choice(texts) for _ in range(per_request)])))
+            next_at += rng.expovariate(rate)
+        await asyncio.gather(*tasks)
+    out.write_text(json.dumps(records))
+
+
+async def _closed_loop(url: str, concurrency: int, duration: float, texts: list[str], per_request: int, out: Path):
+    rng = random.Random(11)
+    done = {"requests": 0, "failed": 0}
+    async with _session(concurrency) as client:
+        warm_until = time.monotonic() + 2.0
+        end = warm_until + duration
+
+        async def worker() -> None:
+            while time.monotonic() < end:
+                status, _version = await _post(client, url, [rng.choice(texts) for _ in range(per_request)])
+                if time.monotonic() > warm_until:
+                    done["requests"] += 1
+                    done["failed"] += status != 200
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    out.write_text(json.dumps({**done, "seconds": duration, "rows_per_s": done["requests"] * per_request / duration}))
+
+
+def _client_main(arguments: argparse.Namespace) -> int:
+    texts = json.loads(Path(arguments.texts).read_text())
+    if arguments.command == "client-open":
+        asyncio.run(
+            _open_loop(arguments.url, arguments.rate, arguments.duration, texts, arguments.per_request, arguments.out)
+        )
+    else:
+        asyncio.run(
+            _closed_loop(
+                arguments.url, arguments.concurrency, arguments.duration, texts, arguments.per_request, arguments.out
+            )
+        )
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- the run
+
+
+def _texts_for(bundle: Path) -> list[str]:
+    """Real rows of the run the bundle came from (its test split), else the bundle's canaries."""
+    data = bundle.parent / "data" / "dataset"
+    if data.is_dir():
+        from datasets import load_from_disk
+
+        return list(load_from_disk(str(data))["test"]["text"])
+    return json.loads((bundle / "golden.json").read_text())["texts"]
+
+
+def raw_engine_rows_per_s(bundle: Path, texts: list[str], threads: int, seconds: float = 5.0) -> float:
+    from enginekit.runtime import load_engine
+
+    engine = load_engine(bundle, threads=threads)
+    rng = random.Random(3)
+    batches = [engine.encoder.encode([rng.choice(texts) for _ in range(32)]) for _ in range(64)]
+    for batch in batches[:4]:
+        engine.run(batch)
+    rows, started, index = 0, time.perf_counter(), 0
+    while time.perf_counter() - started < seconds:
+        engine.run(batches[index % len(batches)])
+        rows += 32
+        index += 1
+    return rows / (time.perf_counter() - started)
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _get_json(url: str) -> dict:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback
+        return json.loads(response.read())
+
+
+def _ready(url: str) -> dict:
+    import urllib.error
+
+    try:
+        return _get_json(url + "/v2/health/ready")
+    except urllib.error.HTTPError as error:
+        return json.loads(error.read())
+
+
+def _percentiles(latencies: list[float]) -> dict[str, float | None]:
+    if not latencies:
+        return {"p50_ms": None, "p99_ms": None}
+    ordered = sorted(latencies)
+    return {
+        "p50_ms": 1000 * statistics.median(ordered),
+        "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+    }
+
+
+def run(arguments: argparse.Namespace) -> dict[str, Any]:
+    import yaml
+
+    from bench.bundle_variants import corrupt_stored_object, derive_bundle
+    from enginekit.bundle import read_manifest
+    from enginekit.hardware import cpu_isa, cpu_model
+    from infra.localstack import LOCAL_PROFILE, LocalStack, free_port, pick_stack_ports
+    from tasks.publish import CHANNEL_ABSENT, ObjectStorePublisher
+
+    work = Path(tempfile.mkdtemp(prefix="serve-load-"))
+    bundle = Path(arguments.bundle)
+    model = read_manifest(bundle).model_name
+    texts = _texts_for(bundle)
+    (work / "texts.json").write_text(json.dumps(texts))
+    threads = arguments.threads or os.cpu_count() or 1
+    stack = LocalStack(work / "stack", ports=pick_stack_ports(), buckets=("int8-engines",), services=("seaweedfs",))
+    stack.up()
+    server: subprocess.Popen | None = None
+    report: dict[str, Any] = {
+        "command": "python -m bench.serve_load " + " ".join(sys.argv[1:]),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "machine": f"{cpu_model()} ({', '.join(cpu_isa())}), {os.cpu_count()} cores",
+        "bundle": str(bundle),
+        "model": model,
+    }
+    try:
+        store_settings = {
+            "endpoint_url": stack.s3_url,
+            "bucket": "int8-engines",
+            "aws_profile": LOCAL_PROFILE,
+            "credentials_file": str(stack.credentials_file),
+        }
+        from enginekit.objectstore import ObjectStoreSettings
+
+        publisher = ObjectStorePublisher(ObjectStoreSettings(**store_settings))
+        # ---- every version up front: the swap phase only moves the pointer
+        plan: list[tuple[str, str]] = [("v000", "fresh")]
+        fresh = [f"v{i:03d}" for i in range(1, arguments.swaps + 1)]
+        bad_at = {len(fresh) // 4: "corrupt", len(fresh) // 2: "incompatible", 3 * len(fresh) // 4: "golden_mismatch"}
+        for index, version in enumerate(fresh):
+            plan.append((version, "fresh"))
+            if index in bad_at:
+                plan.append((f"bad-{bad_at[index]}", bad_at[index]))
+            if index == len(fresh) // 3:
+                plan.append((fresh[index - 1], "rollback"))
+        started = time.perf_counter()
+        for version, kind in plan:
+            if kind == "rollback":
+                continue
+            directory = derive_bundle(
+                bundle, work / "bundles" / version, version, "fresh" if kind == "corrupt" else kind
+            )
+            publisher.publish_version(model, version, directory)
+            shutil.rmtree(directory)
+            if kind == "corrupt":
+                key = publisher.version_prefix(model, version) + read_manifest(bundle).engine_file
+                corrupt_stored_object(stack.s3_client(), "int8-engines", key)
+        report["publish_seconds"] = time.perf_counter() - started
+        publisher.move_channel(model, "production", "v000", expected_etag=CHANNEL_ABSENT, reason="load test start")
+
+        # ---- the server
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        settings = {
+            "model_name": model,
+            "store": store_settings,
+            "port": port,
+            "engine_threads": threads,
+            "swap": {"poll_interval_s": arguments.poll, "state_dir": str(work / "serving")},
+        }
+        (work / "serve.yaml").write_text(yaml.safe_dump(settings))
+        log = (work / "server.log").open("w")
+        server = subprocess.Popen(
+            [sys.executable, "-m", "serving", "--config", str(work / "serve.yaml"), "--log-level", "warning"],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 120
+        while _ready_version(url) != "v000":
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError(f"server not ready: {(work / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.2)
+
+        # ---- raw engine and saturation, side by side in this run
+        report["raw_engine_b32_rows_per_s"] = raw_engine_rows_per_s(bundle, texts, threads)
+        per = arguments.texts_per_request
+        saturation = _client(work, "client-closed", url, per, duration=arguments.saturation_seconds, concurrency=64)
+        report["saturation"] = saturation
+        report["saturation_ratio"] = saturation["rows_per_s"] / report["raw_engine_b32_rows_per_s"]
+        single = _client(work, "client-closed", url, 1, duration=arguments.saturation_seconds, concurrency=64)
+        report["saturation_single_text_requests"] = single
+
+        # ---- open loop through the swaps
+        rate = arguments.load * saturation["rows_per_s"] / per
+        report["offered_requests_per_s"] = rate
+        budget = arguments.phase_seconds * 2 + arguments.max_swap_seconds
+        client = _start_client(work, url, per, rate, budget)
+        time.sleep(arguments.phase_seconds)
+        moves, rss = [], {}
+        swap_started = time.time()
+        for version, kind in plan[1:]:
+            before = _ready(url)
+            moved_at = time.time()
+            current = publisher.read_channel(model, "production")
+            publisher.move_channel(model, "production", version, expected_etag=current.etag, reason=f"load {kind}")
+            outcome = _await_outcome(url, version, kind, before, timeout=arguments.poll + 30)
+            moves.append({"version": version, "kind": kind, "moved_at": moved_at, **outcome})
+            successes = sum(1 for move in moves if move["result"] in ("served", "rollback"))
+            if successes in (2, 100) and str(successes) not in rss:
+                time.sleep(1.0)
+                rss[str(successes)] = _rss_mib(server.pid)
+            if time.time() - swap_started > arguments.max_swap_seconds:
+                break
+        swap_ended = time.time()
+        time.sleep(arguments.phase_seconds)
+        rss["end"] = _rss_mib(server.pid)
+        (work / "open.stop").touch()
+        client.wait(timeout=120)
+        records = json.loads((work / "open.json").read_text())
+        report.update(_summarise(records, moves, swap_started, swap_ended, arguments.phase_seconds))
+        report["moves"] = moves
+        report["rss_mib"] = rss
+        report["server_metrics"] = _swap_metrics(url)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(20)
+        stack.down()
+        if not arguments.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def _ready_version(url: str) -> str | None:
+    try:
+        return _ready(url).get("version")
+    except OSError:
+        return None
+
+
+def _await_outcome(url: str, version: str, kind: str, before: dict, timeout: float) -> dict:
+    """Wait until the server serves ``version`` or reports a new failure for it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready = _ready(url)
+        if ready.get("version") == version:
+            swap = ready.get("last_swap") or {}
+            return {"result": "rollback" if swap.get("rollback") else "served", "server_swap": swap}
+        failure = ready.get("last_failure") or {}
+        if failure.get("version") == version and failure != (before.get("last_failure") or {}):
+            return {"result": f"refused ({failure.get('phase')})", "server_failure": failure}
+        time.sleep(0.02)
+    return {"result": "timeout"}
+
+
+def _client_command(work: Path, command: str, url: str, per: int, duration: float, out: Path) -> list[str]:
+    """A client in its own process (its CPU is not the server's, and the GIL is not shared)."""
+    program = [sys.executable, "-m", "bench.serve_load", command, "--url", url + "/v1/classify"]
+    options = ["--texts", str(work / "texts.json"), "--per-request", str(per), "--duration", str(duration)]
+    return [*program, *options, "--out", str(out)]
+
+
+def _client(work: Path, command: str, url: str, per: int, duration: float, concurrency: int) -> dict:
+    out = work / f"{command}-{per}.json"
+    arguments = [*_client_command(work, command, url, per, duration, out), "--concurrency", str(concurrency)]
+    subprocess.run(arguments, check=True, cwd=ROOT, timeout=duration + 120)
+    return json.loads(out.read_text())
+
+
+def _start_client(work: Path, url: str, per: int, rate: float, duration: float) -> subprocess.Popen:
+    arguments = _client_command(work, "client-open", url, per, duration, work / "open.json")
+    return subprocess.Popen([*arguments, "--rate", str(rate)], cwd=ROOT)
+
+
+def _summarise(records: list, moves: list[dict], swap_started: float, swap_ended: float, phase: float) -> dict:
+    def phase_of(sent: float) -> str:
+        if sent < swap_started:
+            return "before"
+        return "swaps" if sent <= swap_ended else "after"
+
+    phases: dict[str, dict[str, Any]] = {}
+    for name in ("before", "swaps", "after"):
+        chosen = [r for r in records if phase_of(r[0]) == name]
+        ok = [r for r in chosen if r[2] == 200]
+        span = (max(r[0] for r in chosen) - min(r[0] for r in chosen)) if len(chosen) > 1 else 0.0
+        phases[name] = {
+            "requests": len(chosen),
+            "failed": len(chosen) - len(ok),
+            "requests_per_s": len(ok) / span if span else 0.0,
+            **_percentiles([r[1] - r[0] for r in ok]),
+        }
+    to_first = []
+    for move in moves:
+        if move["result"] not in ("served", "rollback"):
+            continue
+        answered = [r[1] for r in records if r[3] == move["version"] and r[1] >= move["moved_at"] and r[2] == 200]
+        if answered:
+            move["first_response_s"] = min(answered) - move["moved_at"]
+            to_first.append(move["first_response_s"])
+    failures = [r for r in records if r[2] != 200]
+    return {
+        "phases": phases,
+        "total_requests": len(records),
+        "failed_requests": len(failures),
+        "failure_examples": failures[:5],
+        "first_response_after_move_s": {
+            "min": min(to_first, default=None),
+            "median": statistics.median(to_first) if to_first else None,
+            "max": max(to_first, default=None),
+        },
+        "phase_seconds": phase,
+    }
+
+
+def _swap_metrics(url: str) -> dict[str, float]:
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:  # noqa: S310 - loopback
+        text = response.read().decode()
+    wanted = {}
+    for line in text.splitlines():
+        if line.startswith(("int8_swaps_total", "int8_resident_engines", "int8_request_failures_total")):
+            sample, _, value = line.rpartition(" ")
+            wanted[sample] = float(value)
+    return wanted
+
+
+def render(report: dict[str, Any], poll: float) -> str:
+    phases = report["phases"]
+    served = [m for m in report["moves"] if m["result"] == "served"]
+    rollbacks = [m for m in report["moves"] if m["result"] == "rollback"]
+    refused = [m for m in report["moves"] if m["result"].startswith("refused")]
+    rollback_swap = max((m["server_swap"].get("seconds", 0.0) for m in rollbacks), default=None)
+    steady_p99 = phases["before"]["p99_ms"] or 0.0
+    rss = report["rss_mib"]
+    first = report["first_response_after_move_s"]
+    checks = [  # (target, met, measured)
+        ("server saturation >= 90% of the raw engine's B32 rows/s", report["saturation_ratio"] >= 0.9,
+         f"{report['saturation']['rows_per_s']:.0f} vs {report['raw_engine_b32_rows_per_s']:.0f} rows/s "
+         f"(x{report['saturation_ratio']:.2f})"),
+        (">= 20 swaps plus the bad publishes, 0 failed requests",
+         len(served) >= 20 and len(refused) >= 3 and report["failed_requests"] == 0,
+         f"{len(served)} swaps, {len(rollbacks)} rollback, {len(refused)} refused, "
+         f"{report['failed_requests']} failed of {report['total_requests']}"),
+        ("p99 during swaps <= 1.5 x steady-state p99", (phases["swaps"]["p99_ms"] or 1e9) <= 1.5 * steady_p99,
+         f"{phases['swaps']['p99_ms']:.1f} ms vs {steady_p99:.1f} ms"),
+        ("new version serving within poll interval + 2 s", (first["max"] or 1e9) <= poll + 2.0,
+         f"max {first['max']:.2f} s, median {first['median']:.2f} s (poll {poll:g} s)"),
+        ("rollback to the resident previous version <= 1 s after the pointer is seen",
+         rollback_swap is not None and rollback_swap <= 1.0, f"{rollback_swap:.4f} s in the server"),
+        ("RSS after 100 swaps within +10% of RSS after the second", "100" in rss and rss["100"] <= 1.1 * rss["2"],
+         f"{rss.get('2', 0):.0f} MiB -> {rss.get('100', float('nan')):.0f} MiB (end {rss['end']:.0f} MiB)"),
+    ]  # fmt: skip
+    lines = [
+        f"Command: `{report['command']}`; {report['date']}; {report['machine']}; bundle `{report['bundle']}`.",
+        "",
+        "| phase | requests | failed | requests/s | p50 ms | p99 ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in ("before", "swaps", "after"):
+        p = phases[name]
+        lines.append(
+            f"| {name} | {p['requests']} | {p['failed']} | {p['requests_per_s']:.1f} | {p['p50_ms']:.1f} | "
+            f"{p['p99_ms']:.1f} |"
+        )
+    lines += ["", "| target | result | measured |", "|---|---|---|"]
+    lines += [f"| {name} | {'PASS' if ok else 'FAIL'} | {detail} |" for name, ok, detail in checks]
+    sat1 = report["saturation_single_text_requests"]["rows_per_s"]
+    lines += [
+        "",
+        f"Requests of {report['texts_per_request']} texts; "
+        f"open-loop rate {report['offered_requests_per_s']:.1f} requests/s; single-text requests saturate at "
+        f"{sat1:.0f} rows/s. Publishing every version up front took {report['publish_seconds']:.0f} s.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command")
+    for name in ("client-open", "client-closed"):
+        client = commands.add_parser(name)
+        client.add_argument("--url", required=True)
+        client.add_argument("--texts", required=True)
+        client.add_argument("--per-request", type=int, default=1)
+        client.add_argument("--duration", type=float, required=True)
+        client.add_argument("--rate", type=float, default=10.0)
+        client.add_argument("--concurrency", type=int, default=32)
+        client.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--bundle", default=None, help="default: the newest run's bundle under .state/runs")
+    parser.add_argument("--swaps", type=int, default=100, help="fresh versions moved to (plus 3 bad ones, 1 rollback)")
+    parser.add_argument("--load", type=float, default=0.7, help="open-loop rate as a share of saturation")
+    parser.add_argument("--texts-per-request", type=int, default=8)
+    parser.add_argument("--poll", type=float, default=1.0, help="the server's poll interval, seconds")
+    parser.add_argument("--threads", type=int, default=0, help="engine threads (0: every core)")
+    parser.add_argument("--phase-seconds", type=float, default=15.0, help="before/after phases")
+    parser.add_argument("--saturation-seconds", type=float, default=10.0)
+    parser.add_argument("--max-swap-seconds", type=float, default=600.0, help="time bound of the swap phase")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/serve-load"))
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (server log, raw records)")
+    arguments = parser.parse_args(argv)
+    if arguments.command:
+        return _client_main(arguments)
+    if arguments.bundle is None:
+        bundles = sorted(Path(".state/runs").glob("*/bundle/manifest.json"))
+        if not bundles:
+            print("error: no bundle under .state/runs; run `make run` first or pass --bundle", file=sys.stderr)
+            return 2
+        arguments.bundle = str(bundles[-1].parent)
+    report = run(arguments)
+    report["texts_per_request"] = arguments.texts_per_request
+    arguments.out.parent.mkdir(parents=True, exist_ok=True)
+    arguments.out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str))
+    markdown = render(report, arguments.poll)
+    arguments.out.with_suffix(".md").write_text(markdown)
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
