@@ -113,3 +113,24 @@ def test_teacher_grid_trains_every_cell_and_compares_the_default_recipe(tmp_path
     capsys.readouterr()
     assert main(arguments) == 0  # a second call reuses every finished cell
     assert capsys.readouterr().out.count("reusing the finished cell") == 5
+
+
+def test_golden_variation_measures_the_bundle_through_other_kernels(tiny_build, capsys):
+    from bench.golden_variation import main
+
+    assert main([str(tiny_build.bundle_dir.parent)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["rows"] == tiny_build.data.rows["test"] and set(result["paths"]) == {
+        "portable, unoptimized",
+        "portable, ORT all",
+    }
+    for path in result["paths"].values():
+        assert 0 <= path["mean"] <= path["p99"] <= path["max"] and path["label_changes"] >= 0
+    assert result["canaries"]["min_margin"] > 2 * result["canaries"]["atol"]
+
+
+def test_golden_variation_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
+    from bench.golden_variation import main
+
+    assert main([str(tmp_path)]) == 2
+    assert "not a finished run directory" in capsys.readouterr().err
