@@ -407,6 +407,10 @@ def _swap_metrics(url: str) -> dict[str, float]:
     return wanted
 
 
+def _number(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
 def render(report: dict[str, Any], poll: float) -> str:
     phases = report["phases"]
     served = [m for m in report["moves"] if m["result"] == "served"]
@@ -425,13 +429,13 @@ def render(report: dict[str, Any], poll: float) -> str:
          f"{len(served)} swaps, {len(rollbacks)} rollback, {len(refused)} refused, "
          f"{report['failed_requests']} failed of {report['total_requests']}"),
         ("p99 during swaps <= 1.5 x steady-state p99", (phases["swaps"]["p99_ms"] or 1e9) <= 1.5 * steady_p99,
-         f"{phases['swaps']['p99_ms']:.1f} ms vs {steady_p99:.1f} ms"),
+         f"{_number(phases['swaps']['p99_ms'])} ms vs {steady_p99:.1f} ms"),
         ("new version serving within poll interval + 2 s", (first["max"] or 1e9) <= poll + 2.0,
-         f"max {first['max']:.2f} s, median {first['median']:.2f} s (poll {poll:g} s)"),
+         f"max {_number(first['max'], 2)} s, median {_number(first['median'], 2)} s (poll {poll:g} s)"),
         ("rollback to the resident previous version <= 1 s after the pointer is seen",
-         rollback_swap is not None and rollback_swap <= 1.0, f"{rollback_swap:.4f} s in the server"),
+         rollback_swap is not None and rollback_swap <= 1.0, f"{_number(rollback_swap, 4)} s in the server"),
         ("RSS after 100 swaps within +10% of RSS after the second", "100" in rss and rss["100"] <= 1.1 * rss["2"],
-         f"{rss.get('2', 0):.0f} MiB -> {rss.get('100', float('nan')):.0f} MiB (end {rss['end']:.0f} MiB)"),
+         f"{_number(rss.get('2'), 0)} MiB -> {_number(rss.get('100'), 0)} MiB (end {rss['end']:.0f} MiB)"),
     ]  # fmt: skip
     lines = [
         f"Command: `{report['command']}`; {report['date']}; {report['machine']}; bundle `{report['bundle']}`.",
@@ -442,8 +446,8 @@ def render(report: dict[str, Any], poll: float) -> str:
     for name in ("before", "swaps", "after"):
         p = phases[name]
         lines.append(
-            f"| {name} | {p['requests']} | {p['failed']} | {p['requests_per_s']:.1f} | {p['p50_ms']:.1f} | "
-            f"{p['p99_ms']:.1f} |"
+            f"| {name} | {p['requests']} | {p['failed']} | {p['requests_per_s']:.1f} | {_number(p['p50_ms'])} | "
+            f"{_number(p['p99_ms'])} |"
         )
     lines += ["", "| target | result | measured |", "|---|---|---|"]
     lines += [f"| {name} | {'PASS' if ok else 'FAIL'} | {detail} |" for name, ok, detail in checks]

@@ -134,3 +134,26 @@ def test_golden_variation_refuses_a_directory_that_is_not_a_run(tmp_path, capsys
 
     assert main([str(tmp_path)]) == 2
     assert "not a finished run directory" in capsys.readouterr().err
+
+
+def test_serve_load_runs_every_phase_and_reports_the_targets(tiny_build, tmp_path):
+    """A short run of the load test (3 swaps, 1-second phases): the command works end to end and no
+    request fails; the speed targets themselves are for the full run (BENCHMARKS.md)."""
+    from bench.serve_load import main
+
+    out = tmp_path / "load"
+    arguments = ["--bundle", str(tiny_build.bundle_dir), "--swaps", "3", "--phase-seconds", "1.5"]
+    arguments += ["--saturation-seconds", "1", "--poll", "0.25", "--threads", "1", "--out", str(out)]
+    assert main(arguments) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    results = [move["result"] for move in report["moves"]]
+    assert results.count("served") == 3 and results.count("rollback") == 1
+    assert sorted(r for r in results if r.startswith("refused")) == [
+        "refused (compatibility)",
+        "refused (download)",
+        "refused (golden)",
+    ]
+    assert report["failed_requests"] == 0 and report["total_requests"] > 0
+    assert report["raw_engine_b32_rows_per_s"] > 0 and report["saturation"]["rows_per_s"] > 0
+    table = out.with_suffix(".md").read_text()
+    assert "| target | result | measured |" in table and table.count("| PASS |") + table.count("| FAIL |") == 6
