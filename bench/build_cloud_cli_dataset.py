@@ -18,13 +18,14 @@ the gcloud manual pages are installed::
 from __future__ import annotations
 
 import argparse
-import csv
 import gzip
 import random
 import re
 import sys
 from collections import defaultdict
 from pathlib import Path
+
+from bench.corpus_files import write_splits
 
 NAME_LINE = re.compile(r'\.SH "NAME"\n\.HP\n(?P<line>.*?)\n')
 FONT = re.compile(r"\\f[BIRP5]")
@@ -86,14 +87,7 @@ def build(man_dir: Path, out_dir: Path) -> dict[str, int]:
         splits["test"] += [(text, product) for text in texts[:n_test]]
         splits["eval"] += [(text, product) for text in texts[n_test : n_test + n_eval]]
         splits["train"] += [(text, product) for text in texts[n_test + n_eval :]]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for split, rows in splits.items():
-        rng.shuffle(rows)
-        with (out_dir / f"{split}.csv").open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["text", "label"])
-            writer.writerows(rows)
-    return {split: len(rows) for split, rows in splits.items()}
+    return write_splits(out_dir, splits, rng)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,6 @@ The committed CSVs under ``corpora/debian-sections`` are this script's output::
 from __future__ import annotations
 
 import argparse
-import csv
 import gzip
 import hashlib
 import lzma
@@ -36,6 +35,8 @@ import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
+
+from bench.corpus_files import write_splits
 
 SECTIONS = (
     "admin",
@@ -133,14 +134,7 @@ def build(index_path: Path, out_dir: Path) -> dict[str, int]:
         rng.shuffle(rows)
         for text, source in rows[:PER_CLASS]:
             splits[split_of(source)].append((text, section))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for split, split_rows in splits.items():
-        rng.shuffle(split_rows)
-        with (out_dir / f"{split}.csv").open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["text", "label"])
-            writer.writerows(split_rows)
-    return {split: len(split_rows) for split, split_rows in splits.items()}
+    return write_splits(out_dir, splits, rng)
 
 
 def find_index() -> Path:

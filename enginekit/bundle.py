@@ -42,6 +42,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _inside_bundle(value: str, what: str) -> str:
+    pure = PurePosixPath(value)
+    if pure.is_absolute() or ".." in pure.parts or value in ("", ".") or "\\" in value:
+        raise ValueError(f"{what} {value!r} must be relative and stay inside the bundle")
+    return value
+
+
 class FileEntry(_Strict):
     path: str
     """POSIX path relative to the bundle root."""
@@ -53,9 +60,7 @@ class FileEntry(_Strict):
     @field_validator("path")
     @classmethod
     def _relative_inside_bundle(cls, value: str) -> str:
-        pure = PurePosixPath(value)
-        if pure.is_absolute() or ".." in pure.parts or value in ("", ".") or "\\" in value:
-            raise ValueError(f"file path {value!r} must be relative and stay inside the bundle")
+        _inside_bundle(value, "file path")
         if value == MANIFEST_NAME:
             raise ValueError("the manifest cannot list itself")
         return value
@@ -71,10 +76,16 @@ class TensorSpec(_Strict):
 
 class TokenizerSpec(_Strict):
     directory: str = "tokenizer"
+    """Inside the bundle; its tokenizer.json must be one of the manifest's files."""
     max_length: int = Field(gt=0)
     """Sequences are truncated to this many tokens, special tokens included."""
     text_pair: bool = False
     """Whether the model takes (text, text_pair) inputs."""
+
+    @field_validator("directory")
+    @classmethod
+    def _directory_inside_bundle(cls, value: str) -> str:
+        return _inside_bundle(value, "tokenizer directory")
 
 
 class RuntimeRequirements(_Strict):
@@ -256,7 +267,8 @@ def verify_bundle(bundle_dir: Path) -> Manifest:
         relative = path.relative_to(bundle_dir).as_posix()
         if path.is_file() and relative != MANIFEST_NAME and relative not in listed:
             problems.append(f"unexpected file {relative} (not in manifest)")
-    for required in (manifest.portable_onnx, manifest.engine_file, manifest.golden.file):
+    tokenizer_file = f"{manifest.tokenizer.directory.rstrip('/')}/tokenizer.json"
+    for required in (manifest.portable_onnx, manifest.engine_file, manifest.golden.file, tokenizer_file):
         if required not in listed:
             problems.append(f"manifest names {required!r} but does not list it in files")
     if problems:

@@ -61,11 +61,27 @@ def test_missing_and_extra_files_are_refused(bundle):
     assert "unexpected file stray.bin" in str(error.value)
 
 
-def test_manifest_path_escaping_the_bundle_is_refused(bundle):
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [(("files", 0, "path"), "../../etc/passwd"), (("tokenizer", "directory"), "../../../etc"),
+     (("tokenizer", "directory"), "/etc")],
+)  # fmt: skip
+def test_manifest_path_escaping_the_bundle_is_refused(bundle, field, value):
     raw = json.loads((bundle / "manifest.json").read_text())
-    raw["files"][0]["path"] = "../../etc/passwd"
+    node = raw
+    for key in field[:-1]:
+        node = node[key]
+    node[field[-1]] = value
     (bundle / "manifest.json").write_text(json.dumps(raw))
     with pytest.raises(BundleError, match="must be relative and stay inside the bundle"):
+        verify_bundle(bundle)
+
+
+def test_a_tokenizer_directory_outside_the_listed_files_is_refused(bundle):
+    raw = json.loads((bundle / "manifest.json").read_text())
+    raw["tokenizer"]["directory"] = "engine"  # inside the bundle, but holds no listed tokenizer.json
+    (bundle / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match=r"engine/tokenizer\.json"):
         verify_bundle(bundle)
 
 
