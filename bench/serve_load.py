@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -384,6 +385,7 @@ def _summarise(records: list, moves: list[dict], swap_started: float, swap_ended
         "phases": phases,
         "total_requests": len(records),
         "failed_requests": len(failures),
+        "failures_by_status": dict(Counter(str(r[2]) if r[2] != -1 else r[3] for r in failures).most_common()),
         "failure_examples": failures[:5],
         "first_response_after_move_s": {
             "min": min(to_first, default=None),
@@ -411,6 +413,11 @@ def _number(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+def _failure_kinds(report: dict[str, Any]) -> str:
+    kinds = report.get("failures_by_status") or {}
+    return (" (" + ", ".join(f"{count} x {kind}" for kind, count in kinds.items()) + ")") if kinds else ""
+
+
 def render(report: dict[str, Any], poll: float) -> str:
     phases = report["phases"]
     served = [m for m in report["moves"] if m["result"] == "served"]
@@ -427,7 +434,7 @@ def render(report: dict[str, Any], poll: float) -> str:
         (">= 20 swaps plus the bad publishes, 0 failed requests",
          len(served) >= 20 and len(refused) >= 3 and report["failed_requests"] == 0,
          f"{len(served)} swaps, {len(rollbacks)} rollback, {len(refused)} refused, "
-         f"{report['failed_requests']} failed of {report['total_requests']}"),
+         f"{report['failed_requests']} failed of {report['total_requests']}{_failure_kinds(report)}"),
         ("p99 during swaps <= 1.5 x steady-state p99", (phases["swaps"]["p99_ms"] or 1e9) <= 1.5 * steady_p99,
          f"{_number(phases['swaps']['p99_ms'])} ms vs {steady_p99:.1f} ms"),
         ("new version serving within poll interval + 2 s", (first["max"] or 1e9) <= poll + 2.0,
