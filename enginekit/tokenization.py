@@ -6,6 +6,9 @@ so a served engine sees exactly the token ids its weights were trained and calib
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +18,34 @@ from tokenizers import Tokenizer
 
 TOKENIZER_FILE = "tokenizer.json"
 MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+_LOADED: OrderedDict[tuple[str, int], Tokenizer] = OrderedDict()
+_LOADED_LOCK = threading.Lock()
+_LOADED_LIMIT = 4
+
+
+def _load_tokenizer(path: Path, max_length: int) -> Tokenizer:
+    """The tokenizer in ``path``, configured for ``max_length``; one already loaded from the same bytes is reused.
+
+    Parsing a tokenizer.json holds the GIL for tens of milliseconds (~80 ms for a BERT vocabulary here);
+    a server that swaps to a retrained model of the same encoder would stall its event loop and batcher
+    on every swap for nothing. A loaded tokenizer is never changed after this function (encoding only
+    reads it), so sharing one between engines is safe.
+    """
+    content = path.read_bytes()
+    key = (hashlib.sha256(content).hexdigest(), max_length)
+    with _LOADED_LOCK:
+        if key in _LOADED:
+            _LOADED.move_to_end(key)
+            return _LOADED[key]
+    tokenizer = Tokenizer.from_str(content.decode("utf-8"))
+    tokenizer.no_padding()  # padding is ours (``TextEncoder.collate``): to each batch's longest row
+    tokenizer.enable_truncation(max_length=max_length)
+    with _LOADED_LOCK:
+        _LOADED[key] = tokenizer
+        while len(_LOADED) > _LOADED_LIMIT:
+            _LOADED.popitem(last=False)
+    return tokenizer
 
 
 @dataclass(frozen=True)
@@ -63,11 +94,9 @@ class TextEncoder:
                 "transformers' save_pretrained, which writes tokenizer.json)"
             )
         self.max_length = max_length
-        self._tokenizer = Tokenizer.from_file(str(path))
+        self._tokenizer = _load_tokenizer(path, max_length)
         pad_id = self._tokenizer.token_to_id("[PAD]")
         self.pad_id = pad_id if pad_id is not None else 0
-        self._tokenizer.no_padding()  # padding is ours (``collate``): to each batch's longest row
-        self._tokenizer.enable_truncation(max_length=max_length)
 
     def tokenize(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None) -> list[TokenizedRow]:
         if text_pairs is not None:

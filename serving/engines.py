@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import gc
 import threading
 import time
 import weakref
@@ -41,8 +40,11 @@ _ALIVE: weakref.WeakSet[LoadedEngine] = weakref.WeakSet()
 
 
 def _release_freed_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them otherwise, and RSS would creep per swap)."""
-    gc.collect()
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise, and RSS would creep per swap).
+
+    No ``gc.collect()`` here: an engine holds no reference cycle, so it is freed the moment its last
+    reference goes, and a full collection would hold the GIL for tens of milliseconds on every swap (the
+    event loop and the batcher stall, and requests pile up behind them)."""
     name = ctypes.util.find_library("c")
     if name:
         with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim

@@ -43,8 +43,9 @@ class BatchingSettings(_Section):
     """Rows per engine call (capped by the bundle's max_batch_size)."""
     max_queue_delay_ms: float = Field(default=2.0, ge=0.0)
     """How long the batcher waits for more rows after the first one arrives (a latency/throughput knob)."""
-    max_queued_rows: int = Field(default=1024, gt=0)
-    """Rows waiting for the engine; beyond this a request is answered 503 with Retry-After at once."""
+    max_queued_rows: int = Field(default=4096, gt=0)
+    """Rows waiting for the engine; beyond this a request is answered 503 with Retry-After at once. Large
+    enough to absorb a burst (requests that arrived during a pause); the deadline bounds the latency."""
     length_buckets: list[int] = Field(default_factory=lambda: [8, 16, 32, 64], min_length=1)
     """Token-length bucket bounds: rows are batched with rows of the same bucket, so a short query is
     not padded to a long one. Rows longer than the last bound form one more bucket."""

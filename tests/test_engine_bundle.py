@@ -170,3 +170,23 @@ def test_the_golden_replay_holds_through_another_cpus_kernels(bundle):
     write_manifest(bundle, manifest.updated(files=[f.model_dump() for f in describe_files(bundle, roles)]))
     engine = load_engine(bundle, verify_golden=False)
     assert check_golden(engine, bundle) <= manifest.golden.atol
+
+
+def test_engines_of_one_tokenizer_share_it_and_a_changed_file_is_loaded_anew(tiny_build, tmp_path):
+    """A swap to a retrained model of the same encoder must not parse tokenizer.json again (it holds the GIL
+    for tens of milliseconds); different bytes are a different tokenizer."""
+    from enginekit.tokenization import TOKENIZER_FILE, TextEncoder
+
+    source = tiny_build.bundle_dir / read_manifest(tiny_build.bundle_dir).tokenizer.directory
+    copy = tmp_path / "copy"
+    shutil.copytree(source, copy)
+    first, second = TextEncoder(source, 16), TextEncoder(copy, 16)
+    assert first._tokenizer is second._tokenizer
+    assert TextEncoder(copy, 12)._tokenizer is not first._tokenizer  # another truncation length
+    document = json.loads((copy / TOKENIZER_FILE).read_text())
+    document["model"]["vocab"]["zzzextra"] = len(document["model"]["vocab"])
+    (copy / TOKENIZER_FILE).write_text(json.dumps(document))
+    changed = TextEncoder(copy, 16)
+    assert changed._tokenizer is not first._tokenizer
+    assert changed._tokenizer.token_to_id("zzzextra") is not None and first._tokenizer.token_to_id("zzzextra") is None
+    assert first.encode(["hello world"]).input_ids.tolist() == second.encode(["hello world"]).input_ids.tolist()

@@ -49,7 +49,16 @@ def runs(prefect_harness, workspace, seaweedfs):
     second = run_flow(
         workspace,
         seaweedfs,
-        teacher={"training": {"epochs": 10, "min_steps": 0, "batch_size": 16, "learning_rate": 1e-3, "seed": 7}},
+        teacher={
+            "training": {
+                "epochs": 10,
+                "min_steps": 0,
+                "early_stopping_patience": 4,
+                "batch_size": 16,
+                "learning_rate": 1e-3,
+                "seed": 7,
+            }
+        },
     )
     # A collapsed teacher (learning rate far too small) cannot clear the absolute accuracy floor.
     failed = run_flow(
