@@ -56,7 +56,8 @@ async def _post(client: Any, url: str, texts: list[str]) -> tuple[int, str]:
 def _session(connections: int) -> Any:
     import aiohttp
 
-    connector = aiohttp.TCPConnector(limit=connections, force_close=False)
+    # Idle connections are dropped by the client (30 s) before the server would close them (75 s).
+    connector = aiohttp.TCPConnector(limit=connections, force_close=False, keepalive_timeout=30)
     return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30))
 
 

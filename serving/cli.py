@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         loop="uvloop",
         http="httptools",
         timeout_graceful_shutdown=5,
+        timeout_keep_alive=settings.keep_alive_s,
     )
     return 0
 

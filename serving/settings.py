@@ -90,6 +90,10 @@ class ServerSettings(BaseSettings):
     host: str = "127.0.0.1"
     """Bind address; 127.0.0.1 unless a deployment puts the server behind a network on purpose."""
     port: int = Field(default=8000, ge=0, le=65535)
+    keep_alive_s: int = Field(default=75, gt=0)
+    """How long an idle client connection stays open. Longer than the clients' and load balancers' own
+    idle timeouts (aiohttp 15 s, AWS ALB 60 s): when the server closes first, a client can send on a
+    connection at the moment it closes, and that request fails for nothing."""
     engine_threads: int = Field(default=0, ge=0)
     """ONNX Runtime intra-op threads per engine; 0 = one per physical core."""
     limits: LimitSettings = LimitSettings()

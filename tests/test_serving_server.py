@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 import zlib
 
 import numpy as np
@@ -188,3 +189,23 @@ def test_fuzzed_requests_from_the_openapi_schema_never_get_a_server_error(served
                 assert mode is GenerationMode.NEGATIVE
     assert calls["count"] >= 100
     assert server.metric("int8_requests_total", endpoint="/v1/classify", code="500") == 0
+
+
+def test_an_idle_client_connection_outlives_the_clients_own_idle_timeout(served):
+    """The server must not close a keep-alive connection before the client does: a request sent as the
+    server closes it fails for nothing. uvicorn's own default (5 s) is shorter than aiohttp's pool (15 s)."""
+    import http.client
+
+    server, _version, _model = served
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        connection.request("GET", "/v2/health/live")
+        assert connection.getresponse().read() is not None
+        first_socket = connection.sock
+        time.sleep(6.0)
+        connection.request("GET", "/v2/health/live")
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 200 and connection.sock is first_socket
+    finally:
+        connection.close()
