@@ -98,9 +98,13 @@ def check_runnable(manifest: Manifest) -> None:
             raise IncompatibleBundleError(f"bundle {manifest.model_name} is a TensorRT engine: {error}") from None
 
 
-def load_engine(bundle_dir: Path, *, threads: int = 0, verify_golden: bool = True) -> EngineRuntime:
+def load_engine(
+    bundle_dir: Path, *, threads: int = 0, verify_golden: bool = True, verified: Manifest | None = None
+) -> EngineRuntime:
+    """The bundle's engine, after checking every file against the manifest (``verify_bundle``) unless the
+    caller passes the manifest it has just verified itself (``verified``), and replaying the golden set."""
     bundle_dir = Path(bundle_dir)
-    manifest = verify_bundle(bundle_dir)
+    manifest = verified if verified is not None else verify_bundle(bundle_dir)
     if manifest.backend == "onnxruntime":
         from enginekit.runtime_onnx import OnnxRuntimeEngine
 

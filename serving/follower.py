@@ -242,17 +242,24 @@ class ChannelFollower:
         with self._phase("download"):
             fetch = self.reader.fetch_version
             try:
-                fetch(settings.model_name, pointer.version, local, expected_bundle_digest=pointer.bundle_digest)
+                fetched = fetch(
+                    settings.model_name, pointer.version, local, expected_bundle_digest=pointer.bundle_digest
+                )
             except FetchDestinationError:  # a damaged or stale local copy: fetch afresh
                 shutil.rmtree(local)
-                fetch(settings.model_name, pointer.version, local, expected_bundle_digest=pointer.bundle_digest)
-        engine = self._load(local, pointer.version, pointer.bundle_digest, source="channel")
-        return engine
+                fetched = fetch(
+                    settings.model_name, pointer.version, local, expected_bundle_digest=pointer.bundle_digest
+                )
+        return self._load(local, pointer.version, pointer.bundle_digest, source="channel", verified=fetched)
 
-    def _load(self, local: Path, version: str, digest: str, source: str) -> LoadedEngine:
+    def _load(
+        self, local: Path, version: str, digest: str, source: str, verified: Manifest | None = None
+    ) -> LoadedEngine:
+        """``verified``: the manifest ``fetch_version`` just checked every file of (sha256 of 100 MB is
+        ~0.1 s of a core that serving needs; each pass is done once, not again here and in the build)."""
         settings = self.settings
         with self._phase("verify"):
-            manifest = verify_bundle(local)
+            manifest = verified if verified is not None else verify_bundle(local)
             if manifest.digest() != digest:
                 raise SwapError("verify", f"local copy {local} has digest {manifest.digest()}, expected {digest}")
         with self._phase("compatibility"):
@@ -263,7 +270,7 @@ class ChannelFollower:
         # At most two engines resident: the serving one and the one being built (the previous one goes).
         self.engines.drop_previous()
         with self._phase("build"):
-            runtime = load_engine(local, threads=settings.engine_threads, verify_golden=False)
+            runtime = load_engine(local, threads=settings.engine_threads, verify_golden=False, verified=manifest)
             engine = EngineSet.track(LoadedEngine(runtime, version, digest, local, source))
         with self._phase("warm"):
             warm_shapes(engine, settings.swap.warm_batch_sizes, settings.batching.length_buckets)
