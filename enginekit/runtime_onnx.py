@@ -30,6 +30,31 @@ def check_compatible(manifest: Manifest, installed_version: str) -> None:
         )
 
 
+_shared_pool_threads: int | None = None
+
+
+def share_thread_pool(threads: int) -> bool:
+    """Run every ONNX Runtime engine created from now on in this process on one intra-op thread pool.
+
+    A server that swaps engines otherwise starts a new pool per engine: while the next engine warms up
+    and replays its canaries, two pools of spinning threads fight over the same cores as the one serving.
+    With one pool, the new engine's work queues behind and between the serving engine's batches. ONNX
+    Runtime creates the global pool once per process, before the first session; returns False (and
+    changes nothing) if a pool of another size or per-session pools were already chosen.
+    """
+    global _shared_pool_threads
+    if _shared_pool_threads is not None:
+        return _shared_pool_threads == threads
+    import onnxruntime as ort
+
+    try:
+        ort.set_global_thread_pool_sizes(threads, 1)
+    except Exception:  # the ORT environment exists already (a session was created first)
+        return False
+    _shared_pool_threads = threads
+    return True
+
+
 class OnnxRuntimeEngine:
     def __init__(self, bundle_dir: Path, manifest: Manifest, *, threads: int = 0) -> None:
         import onnxruntime as ort
@@ -42,8 +67,11 @@ class OnnxRuntimeEngine:
         options = ort.SessionOptions()
         # The engine file is already optimized offline; load-time passes add only machine-local ones.
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
+        if _shared_pool_threads is not None:
+            options.use_per_session_threads = False  # the process's pool (``share_thread_pool``)
+        else:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
         self._session = ort.InferenceSession(
             str(bundle_dir / manifest.engine_file), options, providers=[EXECUTION_PROVIDER]
         )

@@ -209,6 +209,11 @@ class ServerState:
 
 
 def build_state(settings: ServerSettings) -> ServerState:
+    if settings.shared_thread_pool:
+        from enginekit.runtime_onnx import share_thread_pool
+
+        if not share_thread_pool(settings.engine_threads):
+            logger.warning("ONNX Runtime's thread pool was set up before this server: engines keep their own pools")
     engines = EngineSet(settings.swap.keep_previous_s)
     metrics = ServerMetrics(engines)
     batcher = Batcher(engines, settings.batching, metrics.batch_observer())

@@ -95,7 +95,10 @@ class ServerSettings(BaseSettings):
     idle timeouts (aiohttp 15 s, AWS ALB 60 s): when the server closes first, a client can send on a
     connection at the moment it closes, and that request fails for nothing."""
     engine_threads: int = Field(default=0, ge=0)
-    """ONNX Runtime intra-op threads per engine; 0 = one per physical core."""
+    """ONNX Runtime intra-op threads; 0 = one per physical core."""
+    shared_thread_pool: bool = True
+    """All engines of the process (serving, previous, the one being staged) share one ONNX Runtime thread
+    pool, so staging a new version queues behind serving instead of adding a second pool of threads."""
     limits: LimitSettings = LimitSettings()
     batching: BatchingSettings = BatchingSettings()
     swap: SwapSettings = SwapSettings()
