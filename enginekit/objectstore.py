@@ -506,6 +506,20 @@ class ObjectStoreReader:
             raise CorruptObjectError(f"{self.uri(key)} is not a readable manifest: {error}") from None
         return manifest, body
 
+    def _read_expected_manifest(
+        self, model: str, version: str, action: str, expected_digest: str | None, consequence: str
+    ) -> tuple[Manifest, bytes]:
+        """The stored manifest, refused (``CorruptObjectError``, ending with ``consequence``) when its
+        bundle digest is not ``expected_digest``."""
+        manifest, body = self._read_stored_manifest(model, version, action)
+        digest = manifest.digest()
+        if expected_digest is not None and digest != expected_digest:
+            raise CorruptObjectError(
+                f"version {version!r} of model {model!r} in the store has bundle digest {digest}, not the "
+                f"expected {expected_digest}: {consequence}"
+            )
+        return manifest, body
+
     # ---- verification
 
     def verify_version(self, model: str, version: str, *, read_back: bool = False) -> Manifest:
@@ -627,14 +641,14 @@ class ObjectStoreReader:
         complete, verified bundle. If ``dest_dir`` already holds this exact bundle it is reused.
         """
         dest_dir = Path(dest_dir)
-        manifest, manifest_body = self._read_stored_manifest(model, version, "fetching a version")
+        manifest, manifest_body = self._read_expected_manifest(
+            model,
+            version,
+            "fetching a version",
+            expected_bundle_digest,
+            "refusing to fetch a different bundle than the one the channel pointer names.",
+        )
         digest = manifest.digest()
-        if expected_bundle_digest is not None and digest != expected_bundle_digest:
-            raise CorruptObjectError(
-                f"version {version!r} of model {model!r} has bundle digest {digest}, expected "
-                f"{expected_bundle_digest} (e.g. from the channel pointer); refusing to fetch a different "
-                "bundle than the one the channel names."
-            )
         if dest_dir.exists():
             return self._reuse_destination(dest_dir, digest, model, version)
         dest_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -394,14 +394,15 @@ class ObjectStorePublisher(ObjectStoreReader):
         """
         if not reason.strip():
             raise ValueError("move_channel needs a reason (it is kept in the channel's history)")
-        manifest, manifest_body = self._read_stored_manifest(model, version, "checking the target version")
+        manifest, manifest_body = self._read_expected_manifest(
+            model,
+            version,
+            "checking the target version",
+            expected_bundle_digest,
+            "the store holds a different bundle than the one you validated. Do not serve it; publish the "
+            "validated bundle under a new version.",
+        )
         digest = manifest.digest()
-        if expected_bundle_digest is not None and digest != expected_bundle_digest:
-            raise CorruptObjectError(
-                f"version {version!r} of model {model!r} in the store has bundle digest {digest}, not the "
-                f"expected {expected_bundle_digest}: the store holds a different bundle than the one you "
-                "validated. Do not serve it; publish the validated bundle under a new version."
-            )
         self._verify_files(model, version, manifest, read_back=False)
         key = self.channel_key(model, channel)
         current = self.read_channel(model, channel)
