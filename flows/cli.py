@@ -107,6 +107,13 @@ def command_run(arguments: argparse.Namespace) -> int:
         # Prefect has logged the traceback with the failed task; the user gets what and where.
         print(f"\nerror: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
+    except Exception as error:  # a failed task of any other kind: still one line that says what failed
+        print(
+            f"\nerror: the run failed: {type(error).__name__}: {error} (the failed task and its traceback are "
+            "in the log above and in the Prefect UI)",
+            file=sys.stderr,
+        )
+        return 1
     _print_summary(summary, config.publish.store.endpoint_url)
     return 0 if summary.promoted else 3
 
