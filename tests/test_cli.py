@@ -28,7 +28,13 @@ def test_bad_override_exits_2_with_the_key(capsys):
 
 def cli_environment(tmp_path, **extra):
     environment = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
-    environment.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false", **extra)
+    environment.update(
+        PREFECT_HOME=str(tmp_path / "prefect"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        # the temporary Prefect server gets 20 s to start by default: too little on a busy 2-core machine
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+        **extra,
+    )
     return environment
 
 
