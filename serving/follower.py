@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -147,6 +148,11 @@ class ChannelFollower:
         self._thread.join(timeout=30)
 
     def _loop(self) -> None:
+        if self.settings.swap.staging_nice:
+            try:  # this thread only: the event loop, the batcher and the engines' thread pool keep theirs
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.settings.swap.staging_nice)
+            except (OSError, AttributeError) as error:  # not Linux, or not allowed: staging at normal priority
+                logger.info("staging thread keeps its priority: %s", error)
         first = True
         while not self._stop.is_set():
             try:

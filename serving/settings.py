@@ -78,6 +78,9 @@ class SwapSettings(_Section):
     and kernel choices happen there, not on a user's request)."""
     allow_label_change: bool = False
     """Refuse a version whose label set differs from the serving one's (clients read labels by name)."""
+    staging_nice: int = Field(default=10, ge=0, le=19)
+    """OS scheduling niceness of the thread that downloads, hashes and builds new versions (Linux: per
+    thread), so that on a busy machine requests get the cores first and staging takes what is left."""
 
 
 class ServerSettings(BaseSettings):
