@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_config_mapping, write_intent_dataset
+from tests.conftest import TINY_TEACHER_TRAINING, tiny_config_mapping, write_intent_dataset
 from tests.s3_fixtures import seaweedfs_server  # noqa: F401 - session fixture
 
 pytestmark = pytest.mark.e2e
@@ -49,16 +49,7 @@ def runs(prefect_harness, workspace, seaweedfs):
     second = run_flow(
         workspace,
         seaweedfs,
-        teacher={
-            "training": {
-                "epochs": 10,
-                "min_steps": 0,
-                "early_stopping_patience": 4,
-                "batch_size": 16,
-                "learning_rate": 1e-3,
-                "seed": 7,
-            }
-        },
+        teacher={"training": {**TINY_TEACHER_TRAINING, "seed": 7}},
     )
     # A collapsed teacher (learning rate far too small) cannot clear the absolute accuracy floor.
     failed = run_flow(
