@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -118,9 +119,14 @@ def _run_logged(command: list[str], env: dict[str, str], log: Path) -> tuple[int
         sink.flush()
         process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert process.stdout is not None
-        for line in process.stdout:
-            sink.write(line)
-            sys.stdout.write(line)
+        try:
+            for line in process.stdout:
+                sink.write(line)
+                sys.stdout.write(line)
+        except BaseException:  # stopped from outside: the child goes too
+            process.terminate()
+            process.wait(timeout=30)
+            raise
         returncode = process.wait()
     return returncode, time.perf_counter() - started
 
@@ -241,9 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     from infra.localstack import LocalStack, LocalStackError, pick_stack_ports
 
     stack = LocalStack(state / "stack", ports=pick_stack_ports())
+    # A driver stopped from outside (timeout, a wrapper's SIGTERM) still stops the servers it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         stack.up()
-    except LocalStackError as error:
+    except (LocalStackError, SystemExit) as error:
+        stack.down()
         print(f"error: the local stack did not start: {error}", file=sys.stderr)
         return 1
     results = []

@@ -3,6 +3,7 @@ internal consistency are checked here)."""
 
 import json
 import shutil
+from pathlib import Path
 
 
 def test_accuracy_table_scores_every_variant_of_a_run_on_test(tiny_build, tmp_path):
@@ -157,3 +158,45 @@ def test_serve_load_runs_every_phase_and_reports_the_targets(tiny_build, tmp_pat
     assert report["raw_engine_b32_rows_per_s"] > 0 and report["saturation"]["rows_per_s"] > 0
     table = out.with_suffix(".md").read_text()
     assert "| target | result | measured |" in table and table.count("| PASS |") + table.count("| FAIL |") == 6
+
+
+def test_gpu_flow_reads_stage_times_from_a_rendered_run_report(tiny_build):
+    from bench.gpu_flow import stage_seconds
+    from tasks.run_report import StageTime, render_run_report
+
+    stages = [StageTime("train-teacher", 23.4), StageTime("ptq-baselines", 139.0), StageTime("publish-s3", 0.6)]
+    report = render_run_report("m", tiny_build.teacher, None, stages, 240.0, {"validation": "/x/validation.md"})
+    assert stage_seconds(report) == {"train-teacher": 23.0, "ptq-baselines": 139.0, "publish-s3": 1.0}
+    assert stage_seconds("# no table here") == {}
+
+
+def test_gpu_flow_splits_the_global_batch_over_processes(tmp_path):
+    import pytest
+
+    from bench.gpu_flow import _TRAINING_SECTIONS, training_overrides
+    from tasks.config import load_config
+
+    assert training_overrides(Path("configs/demo.yaml"), [], 1) == []
+    overrides = training_overrides(Path("configs/demo.yaml"), [], 2)
+    one, two = load_config("configs/demo.yaml"), load_config("configs/demo.yaml", overrides)
+    for section in _TRAINING_SECTIONS:
+        first, second = one, two
+        for part in section.split("."):
+            first, second = getattr(first, part), getattr(second, part)
+        assert (second.processes, second.batch_size * 2) == (2, first.batch_size)
+    with pytest.raises(SystemExit, match="does not split evenly over 3 processes"):
+        training_overrides(Path("configs/demo.yaml"), ["teacher.training.batch_size=32"], 3)
+
+
+def test_gpu_flow_refuses_more_processes_than_gpus_and_a_missing_config(tmp_path, capsys):
+    import torch
+
+    from bench.gpu_flow import main
+
+    assert main(["--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "error: config" in capsys.readouterr().err
+    gpus = torch.cuda.device_count()
+    asked = max(2, gpus + 1)  # one process never needs a GPU
+    assert main(["--processes", str(asked), "--state-dir", str(tmp_path / "s"), "--out", str(tmp_path / "o")]) == 2
+    assert f"needs as many CUDA GPUs; this machine has {gpus}" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()  # refused before any server started
