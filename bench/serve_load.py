@@ -412,10 +412,30 @@ def _swap_metrics(url: str) -> dict[str, float]:
         text = response.read().decode()
     wanted = {}
     for line in text.splitlines():
-        if line.startswith(("int8_swaps_total", "int8_resident_engines", "int8_request_failures_total")):
+        if line.startswith(
+            (
+                "int8_swaps_total",
+                "int8_resident_engines",
+                "int8_request_failures_total",
+                "int8_swap_phase_seconds_sum",
+                "int8_swap_phase_seconds_count",
+            )
+        ):
             sample, _, value = line.rpartition(" ")
             wanted[sample] = float(value)
     return wanted
+
+
+def swap_phase_means(metrics: dict[str, float]) -> dict[str, float]:
+    """Mean seconds per swap phase, from the server's ``int8_swap_phase_seconds`` histogram."""
+    means = {}
+    for sample, total in metrics.items():
+        if sample.startswith("int8_swap_phase_seconds_sum{"):
+            count = metrics.get(sample.replace("_sum{", "_count{"), 0.0)
+            phase = sample.partition('phase="')[2].partition('"')[0]
+            if count:
+                means[phase] = total / count
+    return means
 
 
 def _number(value: float | None, digits: int = 1) -> str:
@@ -476,6 +496,14 @@ def render(report: dict[str, Any], poll: float) -> str:
         f"of the machine's {os.cpu_count()} cores while measuring saturation. Publishing every version up "
         f"front took {report['publish_seconds']:.0f} s.",
     ]
+    means = swap_phase_means(report.get("server_metrics", {}))
+    if means:
+        lines += [
+            "",
+            "Mean seconds per phase of a swap in the server (every staging, refused ones included): "
+            + ", ".join(f"{phase} {seconds:.2f}" for phase, seconds in means.items())
+            + ".",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -247,12 +248,15 @@ def read_manifest(bundle_dir: Path) -> Manifest:
     return parse_manifest(path.read_text(), str(path))
 
 
-def verify_bundle(bundle_dir: Path) -> Manifest:
+def verify_bundle(bundle_dir: Path, *, hashed: Mapping[str, str] | None = None) -> Manifest:
     """Check every file against the manifest; return the manifest or raise ``BundleError``.
 
     Refuses missing, extra, resized and changed files, so a bundle that verifies is exactly what was built.
+    ``hashed``: sha256 by path of files the caller has just hashed itself (a download that checked each
+    file as it landed), so they are not read a second time; every other file is hashed here.
     """
     manifest = read_manifest(bundle_dir)
+    hashed = hashed or {}
     problems = []
     listed = {entry.path for entry in manifest.files}
     for entry in manifest.files:
@@ -261,7 +265,7 @@ def verify_bundle(bundle_dir: Path) -> Manifest:
             problems.append(f"missing file {entry.path}")
         elif path.stat().st_size != entry.size:
             problems.append(f"{entry.path}: size {path.stat().st_size} != manifest {entry.size}")
-        elif sha256_file(path) != entry.sha256:
+        elif (hashed.get(entry.path) or sha256_file(path)) != entry.sha256:
             problems.append(f"{entry.path}: sha256 differs from manifest (corrupt or modified)")
     for path in bundle_dir.rglob("*"):
         relative = path.relative_to(bundle_dir).as_posix()

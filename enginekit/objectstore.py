@@ -656,12 +656,13 @@ class ObjectStoreReader:
         try:
             (staging / MANIFEST_NAME).write_bytes(manifest_body)
             transfer = self._transfer_config()
+            hashed: dict[str, str] = {}
             for entry in manifest.files:
                 key = self.version_prefix(model, version) + entry.path
                 target = staging / entry.path
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self._download(key, target, transfer)
-                actual = sha256_file(target)
+                actual = hashed[entry.path] = sha256_file(target)
                 if target.stat().st_size != entry.size or actual != entry.sha256:
                     raise CorruptObjectError(
                         f"object {self.uri(key)} ({self.settings.endpoint_label()}) does not match its "
@@ -670,7 +671,7 @@ class ObjectStoreReader:
                         f"was written to {dest_dir}. Publish the bundle again under a new version."
                     )
             try:
-                verify_bundle(staging)
+                verify_bundle(staging, hashed=hashed)  # one sha256 pass per file: each was hashed as it landed
             except BundleError as error:
                 raise CorruptObjectError(f"fetched version {version!r} failed verification: {error}") from None
             try:

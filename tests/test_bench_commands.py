@@ -158,6 +158,10 @@ def test_serve_load_runs_every_phase_and_reports_the_targets(tiny_build, tmp_pat
     assert report["raw_engine_b32_rows_per_s"] > 0 and report["saturation"]["rows_per_s"] > 0
     table = out.with_suffix(".md").read_text()
     assert "| target | result | measured |" in table and table.count("| PASS |") + table.count("| FAIL |") == 6
+    # where a swap's time goes, from the server's own histogram: every staging went through download
+    metrics = report["server_metrics"]
+    assert metrics['int8_swap_phase_seconds_count{phase="download"}'] >= 6
+    assert "Mean seconds per phase of a swap" in table and "warm " in table and "golden " in table
 
 
 def test_gpu_flow_reads_stage_times_from_a_rendered_run_report(tiny_build):

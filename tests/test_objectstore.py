@@ -136,11 +136,26 @@ def test_large_files_go_in_parts_and_are_verified_by_reading_back(store: ObjectS
     assert fetched.digest() == published.bundle_digest
 
 
-def test_fetch_round_trip(store: ObjectStore, bundle: Path, tmp_path: Path) -> None:
+def test_fetch_round_trip(store: ObjectStore, bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     published = store.publish_version(MODEL, "v1", bundle)
     destination = tmp_path / "cache" / MODEL / "v1"
+    import enginekit.bundle
+    import enginekit.objectstore
+
+    hashed: list[str] = []
+    real_sha256 = enginekit.bundle.sha256_file
+
+    def counting_sha256(path: Path) -> str:
+        hashed.append(Path(path).name)
+        return real_sha256(path)
+
+    for module in (enginekit.bundle, enginekit.objectstore):
+        monkeypatch.setattr(module, "sha256_file", counting_sha256)
 
     manifest = store.fetch_version(MODEL, "v1", destination, expected_bundle_digest=published.bundle_digest)
+
+    # Each file is read once to check it (100 MB of engine is ~0.1 s of a core the server needs).
+    assert sorted(hashed) == sorted(Path(entry.path).name for entry in manifest.files)
 
     assert verify_bundle(destination).digest() == manifest.digest() == published.bundle_digest
     for entry in manifest.files:
