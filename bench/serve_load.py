@@ -197,7 +197,15 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
     texts = _texts_for(bundle)
     (work / "texts.json").write_text(json.dumps(texts))
     threads = arguments.threads or os.cpu_count() or 1
-    stack = LocalStack(work / "stack", ports=pick_stack_ports(), buckets=("int8-engines",), services=("seaweedfs",))
+    # The S3 server stands in for a remote store: niced, so that serving a 100-MB download does not take the
+    # cores of the server under test as it would not in production (--s3-nice 0 to measure it as a co-tenant).
+    stack = LocalStack(
+        work / "stack",
+        ports=pick_stack_ports(),
+        buckets=("int8-engines",),
+        services=("seaweedfs",),
+        niceness=arguments.s3_nice,
+    )
     stack.up()
     server: subprocess.Popen | None = None
     report: dict[str, Any] = {
@@ -527,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="engine threads (0: every core)")
     parser.add_argument("--phase-seconds", type=float, default=15.0, help="before/after phases")
     parser.add_argument("--saturation-seconds", type=float, default=10.0)
+    parser.add_argument("--s3-nice", type=int, default=10, help="niceness of the stand-in S3 server (0-19)")
     parser.add_argument("--max-swap-seconds", type=float, default=600.0, help="time bound of the swap phase")
     parser.add_argument("--out", type=Path, default=Path("bench/results/serve-load"))
     parser.add_argument("--keep", action="store_true", help="keep the work folder (server log, raw records)")

@@ -236,6 +236,7 @@ class LocalStack:
         buckets: Sequence[str] = DEFAULT_BUCKETS,
         services: Sequence[str] = SERVICES,
         start_timeout_s: float = 90.0,
+        niceness: int = 0,
     ) -> None:
         unknown = set(services) - set(SERVICES)
         if unknown:
@@ -249,6 +250,9 @@ class LocalStack:
                 raise LocalStackError(f"bucket name {bucket!r} is too short: S3 needs at least 3 characters")
         self.service_names = tuple(name for name in SERVICES if name in services)
         self.start_timeout_s = start_timeout_s
+        self.niceness = niceness
+        """OS niceness the services start with (a benchmark keeps a stand-in S3 from taking the cores of
+        the server it measures; 0 for the user's stack)."""
         self._s3_client_cache: Any = None
         self._children: dict[int, Any] = {}
         """Popen objects of processes this object started, kept so they are reaped, not leaked."""
@@ -504,6 +508,8 @@ class LocalStack:
                 stderr=subprocess.STDOUT,
                 # Own session: survives the terminal that ran `up`, and down() can signal its whole group.
                 start_new_session=True,
+                # Niceness before exec, so every thread the service starts inherits it (Linux: per thread).
+                preexec_fn=(lambda: os.nice(self.niceness)) if self.niceness else None,
             )
         self._children[process.pid] = process
         self._pid_file(service.name).write_text(f"{process.pid}\n")

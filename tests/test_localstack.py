@@ -110,3 +110,18 @@ def test_down_stops_both_processes(stack: LocalStack) -> None:
     for pid in (seaweedfs_pid, prefect_pid):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_niceness_reaches_every_thread_of_a_service(tmp_path: Path) -> None:
+    """Linux keeps niceness per thread: the service must start niced, not be reniced by pid afterwards."""
+    import os
+
+    niced = LocalStack(tmp_path, ports=pick_stack_ports(), services=("seaweedfs",), niceness=3, start_timeout_s=60)
+    try:
+        pid = niced.up()["seaweedfs"]["pid"]
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        threads = list(Path(f"/proc/{pid}/task").iterdir())
+        nice_values = {int((task / "stat").read_text().rsplit(")", 1)[1].split()[16]) for task in threads}
+        assert len(threads) > 1 and nice_values == {min(ours + 3, 19)}
+    finally:
+        niced.down()
