@@ -8,7 +8,7 @@ hardware) with a message saying why, replays the golden canary set, and only the
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -37,11 +37,21 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def predict_logits(engine: EngineRuntime, texts: Sequence[str], text_pairs: Sequence[str] | None = None) -> np.ndarray:
-    """Logits for any number of texts, in chunks of the bundle's max batch size."""
-    step = engine.manifest.max_batch_size
+def predict_logits(
+    engine: EngineRuntime,
+    texts: Sequence[str],
+    text_pairs: Sequence[str] | None = None,
+    *,
+    chunk_rows: int | None = None,
+    before_each: Callable[[], object] | None = None,
+) -> np.ndarray:
+    """Logits for any number of texts, in chunks of ``chunk_rows`` (default: the bundle's max batch size);
+    ``before_each`` is called before every engine run (a server pacing its background work)."""
+    step = min(chunk_rows or engine.manifest.max_batch_size, engine.manifest.max_batch_size)
     outputs = []
     for start in range(0, len(texts), step):
+        if before_each is not None:
+            before_each()
         pairs = text_pairs[start : start + step] if text_pairs is not None else None
         outputs.append(engine.run(engine.encoder.encode(texts[start : start + step], pairs)))
     if not outputs:
@@ -58,8 +68,15 @@ def classify(
     return [(labels[int(row.argmax())], float(row.max())) for row in probabilities]
 
 
-def check_golden(engine: EngineRuntime, bundle_dir: Path) -> float:
-    """Replay the golden set recorded at build time; return the max |logit diff| or raise BundleError."""
+def check_golden(
+    engine: EngineRuntime,
+    bundle_dir: Path,
+    *,
+    chunk_rows: int | None = None,
+    before_each: Callable[[], object] | None = None,
+) -> float:
+    """Replay the golden set recorded at build time; return the max |logit diff| or raise BundleError.
+    ``chunk_rows`` / ``before_each``: as ``predict_logits`` (a server replays in small, paced chunks)."""
     manifest = engine.manifest
     golden = json.loads((bundle_dir / manifest.golden.file).read_text())
     texts, pairs = golden["texts"], golden.get("text_pairs")
@@ -70,7 +87,7 @@ def check_golden(engine: EngineRuntime, bundle_dir: Path) -> float:
             "time (tokenizers version or tokenizer files changed)"
         )
     expected = np.asarray(golden["logits"], dtype=np.float32)
-    actual = predict_logits(engine, texts, pairs)
+    actual = predict_logits(engine, texts, pairs, chunk_rows=chunk_rows, before_each=before_each)
     difference = float(np.abs(actual - expected).max())
     if difference > manifest.golden.atol or not np.array_equal(actual.argmax(-1), expected.argmax(-1)):
         raise BundleError(

@@ -218,7 +218,7 @@ def build_state(settings: ServerSettings) -> ServerState:
     metrics = ServerMetrics(engines)
     batcher = Batcher(engines, settings.batching, metrics.batch_observer())
     metrics.queued_rows.set_function(lambda: batcher.queued_rows)
-    follower = ChannelFollower(settings, engines, metrics.swap_observer())
+    follower = ChannelFollower(settings, engines, metrics.swap_observer(), serving_idle=batcher.wait_idle)
     return ServerState(settings, engines, batcher, follower, metrics)
 
 

@@ -97,6 +97,8 @@ class Batcher:
         self._queued_rows = 0
         self._condition = threading.Condition()
         self._stopping = False
+        self._running = False
+        """The worker is running rows on an engine (guarded by ``_condition``)."""
         self._thread = threading.Thread(target=self._work, name="batcher", daemon=True)
         self.seconds_per_row = 0.001
         """Moving average of engine seconds per row: sizes the Retry-After hint."""
@@ -107,6 +109,21 @@ class Batcher:
 
     def start(self) -> None:
         self._thread.start()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Block until no row is queued or running, or ``timeout_s`` has passed; True if idle.
+
+        Staging a new engine calls this before each of its engine runs, so its work fills the gaps between
+        serving batches instead of delaying them; the timeout keeps staging moving on a saturated server.
+        """
+        deadline = time.monotonic() + timeout_s
+        with self._condition:
+            while self._queue or self._running:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stopping:
+                    return False
+                self._condition.wait(remaining)
+            return True
 
     def stop(self) -> None:
         with self._condition:
@@ -131,7 +148,7 @@ class Batcher:
                 )
             self._queue.append(pending)
             self._queued_rows += len(texts)
-            self._condition.notify()
+            self._condition.notify_all()  # the worker, whichever else waits (wait_idle) must not take its wake-up
         return await pending.future
 
     # ---- worker thread
@@ -158,6 +175,7 @@ class Batcher:
                 taken.append(item)
                 rows += len(item)
             self._queued_rows -= rows
+            self._running = True
             return taken
 
     def _work(self) -> None:
@@ -165,27 +183,36 @@ class Batcher:
             taken = self._take()
             if taken is None:
                 return
-            now = time.monotonic()
-            live = []
-            for item in taken:
-                if now > item.deadline:
-                    waited = now - item.enqueued
-                    error = DeadlineExceededError(f"the request waited {1000 * waited:.0f} ms, past its deadline")
-                    item.loop.call_soon_threadsafe(_resolve, item.future, None, error)
-                else:
-                    live.append(item)
-            if not live:
-                continue
-            engine = self.engines.current  # every row taken now runs on this engine
-            if engine is None:
-                for item in live:
-                    item.loop.call_soon_threadsafe(_resolve, item.future, None, NotReadyError("no engine is loaded"))
-                continue
             try:
-                self._run(engine, live, now)
-            except Exception as error:  # an engine failure fails these requests, never the worker
-                for item in live:
-                    item.loop.call_soon_threadsafe(_resolve, item.future, None, error)
+                self._serve(taken)
+            finally:
+                with self._condition:
+                    self._running = False
+                    if not self._queue:
+                        self._condition.notify_all()  # wakes wait_idle (submit notifies only the worker)
+
+    def _serve(self, taken: list[_Pending]) -> None:
+        now = time.monotonic()
+        live = []
+        for item in taken:
+            if now > item.deadline:
+                waited = now - item.enqueued
+                error = DeadlineExceededError(f"the request waited {1000 * waited:.0f} ms, past its deadline")
+                item.loop.call_soon_threadsafe(_resolve, item.future, None, error)
+            else:
+                live.append(item)
+        if not live:
+            return
+        engine = self.engines.current  # every row taken now runs on this engine
+        if engine is None:
+            for item in live:
+                item.loop.call_soon_threadsafe(_resolve, item.future, None, NotReadyError("no engine is loaded"))
+            return
+        try:
+            self._run(engine, live, now)
+        except Exception as error:  # an engine failure fails these requests, never the worker
+            for item in live:
+                item.loop.call_soon_threadsafe(_resolve, item.future, None, error)
 
     def _run(self, engine: LoadedEngine, items: list[_Pending], started: float) -> None:
         runtime = engine.runtime

@@ -103,8 +103,14 @@ def check_serving_compatibility(manifest: Manifest, serving: Manifest | None, al
         )
 
 
-def warm_shapes(engine: LoadedEngine, batch_sizes: list[int], length_buckets: list[int]) -> int:
-    """Run the engine once per (batch size, length) the batcher will produce; returns the number of runs."""
+def warm_shapes(
+    engine: LoadedEngine,
+    batch_sizes: list[int],
+    length_buckets: list[int],
+    before_each: Callable[[], object] | None = None,
+) -> int:
+    """Run the engine once per (batch size, length) the batcher will produce; returns the number of runs.
+    ``before_each`` is called before every run (the server waits there for a gap in its own traffic)."""
     runtime = engine.runtime
     manifest = runtime.manifest
     lengths = sorted({min(bound, manifest.max_seq_length) for bound in length_buckets} | {manifest.max_seq_length})
@@ -114,6 +120,8 @@ def warm_shapes(engine: LoadedEngine, batch_sizes: list[int], length_buckets: li
             ids = np.full((batch, length), 1000, dtype=np.int64)  # any in-vocabulary id
             ids[:, 0], ids[:, -1] = 101, 102
             ones = np.ones_like(ids)
+            if before_each is not None:
+                before_each()
             runtime.run(EncodedBatch(ids, ones, np.zeros_like(ids)))
             runs += 1
     return runs
@@ -126,8 +134,12 @@ class ChannelFollower:
         engines: EngineSet,
         observer: SwapObserver | None = None,
         reader: ObjectStoreReader | None = None,
+        serving_idle: Callable[[float], object] | None = None,
     ) -> None:
+        """``serving_idle(timeout_s)`` blocks until the server has no request queued or running (or the
+        timeout passes): staging calls it before each of its engine runs (``Batcher.wait_idle``)."""
         self.settings = settings
+        self.serving_idle = serving_idle
         self.engines = engines
         self.observer = observer or SwapObserver()
         self.reader = reader or ObjectStoreReader(settings.store)
@@ -278,11 +290,18 @@ class ChannelFollower:
         with self._phase("build"):
             runtime = load_engine(local, threads=settings.engine_threads, verify_golden=False, verified=manifest)
             engine = EngineSet.track(LoadedEngine(runtime, version, digest, local, source))
+        pace = self._pace
         with self._phase("warm"):
-            warm_shapes(engine, settings.swap.warm_batch_sizes, settings.batching.length_buckets)
+            warm_shapes(engine, settings.swap.warm_batch_sizes, settings.batching.length_buckets, pace)
         with self._phase("golden"):
-            check_golden(runtime, local)
+            check_golden(runtime, local, chunk_rows=settings.swap.staging_chunk_rows, before_each=pace)
         return engine
+
+    def _pace(self) -> None:
+        """Before each staging engine run: let queued and running requests go first, for a bounded time."""
+        wait = self.settings.swap.staging_yield_ms / 1000
+        if self.serving_idle is not None and wait > 0:
+            self.serving_idle(wait)
 
     # ---- local copies
 

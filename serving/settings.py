@@ -82,6 +82,13 @@ class SwapSettings(_Section):
     if your runtime pays per shape (a TensorRT engine with many profiles, say)."""
     allow_label_change: bool = False
     """Refuse a version whose label set differs from the serving one's (clients read labels by name)."""
+    staging_yield_ms: float = Field(default=250.0, ge=0.0)
+    """Before each engine run of a version being staged (warm-up shapes, golden replay chunks), wait up to
+    this long for the server to have no request queued or running, so staging fills the gaps between
+    serving batches instead of delaying them (the engines share one thread pool). 0: do not wait."""
+    staging_chunk_rows: int = Field(default=8, gt=0)
+    """Rows per engine run of the golden replay while staging: short runs, so a request that arrives
+    during one waits little."""
     staging_nice: int = Field(default=10, ge=0, le=19)
     """OS scheduling niceness of the thread that downloads, hashes and builds new versions (Linux: per
     thread), so that on a busy machine requests get the cores first and staging takes what is left."""

@@ -82,3 +82,68 @@ def test_no_engine_means_not_ready():
     batcher = Batcher(EngineSet(keep_previous_s=1), BatchingSettings())
     with pytest.raises(NotReadyError):
         asyncio.run(batcher.submit(["q"], None, None))
+
+
+class _SlowRuntime:
+    """The tiny engine, 0.3 s slower per run: long enough to observe a busy worker."""
+
+    def __init__(self, runtime):
+        self.manifest, self.encoder, self._runtime = runtime.manifest, runtime.encoder, runtime
+
+    def run(self, batch):
+        import time
+
+        time.sleep(0.3)
+        return self._runtime.run(batch)
+
+
+def test_wait_idle_waits_for_queued_and_running_rows_without_delaying_them(engine):
+    import threading
+    import time
+
+    slow = LoadedEngine(_SlowRuntime(engine.runtime), "v1", "digest", engine.bundle_dir)
+    engines = EngineSet(keep_previous_s=60)
+    engines.swap(slow)
+    batcher = Batcher(engines, BatchingSettings(max_queue_delay_ms=1))
+    assert batcher.wait_idle(0.01)  # nothing queued or running
+    batcher.start()
+    waits: list[tuple[bool, float]] = []
+
+    def staging():  # what the channel follower does before each of its engine runs
+        began = time.monotonic()
+        waits.append((batcher.wait_idle(0.05), time.monotonic() - began))
+        waits.append((batcher.wait_idle(5.0), time.monotonic() - began))
+
+    async def one_request():
+        task = asyncio.ensure_future(batcher.submit(["rain"], None, None))
+        await asyncio.sleep(0.1)  # the worker is now running it
+        waiter = threading.Thread(target=staging)
+        waiter.start()
+        began = time.monotonic()
+        result = await task
+        return result, time.monotonic() - began, waiter
+
+    try:
+        result, seconds, waiter = asyncio.run(one_request())
+        waiter.join(timeout=10)
+    finally:
+        batcher.stop()
+    assert result.engine is slow and seconds < 0.5  # the waiting thread did not hold the request up
+    (busy, busy_seconds), (idle, idle_seconds) = waits
+    assert not busy and 0.04 <= busy_seconds < 0.3  # gave up after its timeout while the row ran
+    assert idle and idle_seconds < 1.0  # returned once the row was done, long before its 5-s timeout
+
+
+def test_staging_runs_call_the_pacing_hook_before_every_engine_run(engine, tiny_build):
+    from enginekit.runtime import check_golden
+    from serving.follower import warm_shapes
+
+    calls: list[int] = []
+    runs = warm_shapes(engine, [1, 2], [8, 16], before_each=lambda: calls.append(1))
+    longest = engine.runtime.manifest.max_seq_length
+    assert runs == len(calls) == 2 * len({min(bound, longest) for bound in (8, 16)} | {longest})
+    calls.clear()
+    whole = check_golden(engine.runtime, tiny_build.bundle_dir)
+    chunked = check_golden(engine.runtime, tiny_build.bundle_dir, chunk_rows=3, before_each=lambda: calls.append(1))
+    golden_rows = engine.runtime.manifest.golden.count
+    assert len(calls) == -(-golden_rows // 3) and abs(chunked - whole) < 1e-4
