@@ -40,6 +40,7 @@ from enginekit.objectstore import ChannelPointer, FetchDestinationError, ObjectS
 from enginekit.runtime import IncompatibleBundleError, check_golden, check_runnable, load_engine
 from enginekit.tokenization import MODEL_INPUT_NAMES, EncodedBatch
 from serving.engines import EngineSet, LoadedEngine
+from serving.fetcher import fetch_in_child
 from serving.settings import ServerSettings
 
 logger = logging.getLogger("serving.follower")
@@ -143,6 +144,8 @@ class ChannelFollower:
         self.engines = engines
         self.observer = observer or SwapObserver()
         self.reader = reader or ObjectStoreReader(settings.store)
+        self._fetch_in_child = reader is None and settings.swap.fetch_in_subprocess
+        """Downloads run in a niced child process (``serving.fetcher``) unless a reader was handed in."""
         self.status = FollowerStatus()
         self._etag: str | None = None
         self._failed_etag: str | None = None
@@ -258,7 +261,7 @@ class ChannelFollower:
         settings = self.settings
         local = self.versions_dir / pointer.version
         with self._phase("download"):
-            fetch = self.reader.fetch_version
+            fetch = self._fetch_child if self._fetch_in_child else self.reader.fetch_version
             try:
                 fetched = fetch(
                     settings.model_name, pointer.version, local, expected_bundle_digest=pointer.bundle_digest
@@ -269,6 +272,18 @@ class ChannelFollower:
                     settings.model_name, pointer.version, local, expected_bundle_digest=pointer.bundle_digest
                 )
         return self._load(local, pointer.version, pointer.bundle_digest, source="channel", verified=fetched)
+
+    def _fetch_child(self, model: str, version: str, local: Path, *, expected_bundle_digest: str) -> Manifest:
+        swap = self.settings.swap
+        return fetch_in_child(
+            self.settings.store,
+            model,
+            version,
+            local,
+            expected_bundle_digest,
+            nice=swap.staging_nice,
+            timeout_s=swap.fetch_timeout_s,
+        )
 
     def _load(
         self, local: Path, version: str, digest: str, source: str, verified: Manifest | None = None

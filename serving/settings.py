@@ -89,6 +89,11 @@ class SwapSettings(_Section):
     staging_chunk_rows: int = Field(default=8, gt=0)
     """Rows per engine run of the golden replay while staging: short runs, so a request that arrives
     during one waits little."""
+    fetch_in_subprocess: bool = True
+    """Download and verify new versions in a child process (``serving.fetcher``), so the transfer threads
+    and hashing do not share the GIL with the requests being served."""
+    fetch_timeout_s: float = Field(default=600.0, gt=0.0)
+    """A download that takes longer is abandoned (the version is refused until the pointer moves again)."""
     staging_nice: int = Field(default=10, ge=0, le=19)
     """OS scheduling niceness of the thread that downloads, hashes and builds new versions (Linux: per
     thread), so that on a busy machine requests get the cores first and staging takes what is left."""

@@ -377,3 +377,31 @@ def test_polling_a_channel_is_a_conditional_get(store: ObjectStore, bundle: Path
     assert second.changed and second.pointer is not None and second.pointer.version == "v2"
     assert second.etag != first.etag
     assert not hasattr(reader, "move_channel") and not hasattr(reader, "publish_version")
+
+
+def test_a_child_process_fetches_verifies_and_reports_failures_as_the_parent_would(
+    store: ObjectStore, bundle: Path, seaweedfs: LocalS3, tmp_path: Path
+) -> None:
+    """The server downloads in ``serving.fetcher`` (no GIL shared with requests): same result, same errors."""
+    from enginekit.objectstore import FetchDestinationError
+    from serving.fetcher import FetchProcessError, fetch_in_child
+
+    published = store.publish_version(MODEL, "v1", bundle)
+    destination = tmp_path / "cache" / "v1"
+    manifest = fetch_in_child(store.settings, MODEL, "v1", destination, published.bundle_digest, nice=1)
+    assert manifest.digest() == verify_bundle(destination).digest() == published.bundle_digest
+
+    with pytest.raises(FetchProcessError, match="refusing to fetch a different bundle"):
+        fetch_in_child(store.settings, MODEL, "v1", tmp_path / "other", "0" * 64)
+    assert not (tmp_path / "other").exists()
+
+    (destination / "golden.json").write_text("{}")  # a local copy touched behind the server's back
+    with pytest.raises(FetchDestinationError, match="not a valid bundle"):
+        fetch_in_child(store.settings, MODEL, "v1", destination, published.bundle_digest)
+
+    key = store.version_prefix(MODEL, "v1") + "tokenizer/tokenizer.json"
+    original = (bundle / "tokenizer" / "tokenizer.json").read_bytes()
+    seaweedfs.raw_client().put_object(Bucket=seaweedfs.bucket, Key=key, Body=original.replace(b"buy", b"bUy"))
+    with pytest.raises(FetchProcessError, match=r"CorruptObjectError: object .*tokenizer\.json"):
+        fetch_in_child(store.settings, MODEL, "v1", tmp_path / "fresh", published.bundle_digest)
+    assert not (tmp_path / "fresh").exists()
