@@ -12,6 +12,11 @@ Every file is listed in the manifest with its size and sha256; ``verify_bundle``
 files differ from the manifest in any way (missing, extra, resized, changed, or a path escaping the
 bundle). The bundle *digest* is the sha256 of the canonical manifest JSON, so it changes whenever any
 file or any recorded fact changes.
+
+A *serving copy* holds only ``runtime_files`` (engine, tokenizer, golden set): a server never reads the
+portable graph, the largest file of a CPU bundle. ``verify_bundle(..., runtime_only=True)`` checks such a
+copy: the runtime files must all be there and match; any other listed file may be absent, and is checked
+if present; files the manifest does not list are refused either way.
 """
 
 from __future__ import annotations
@@ -248,21 +253,36 @@ def read_manifest(bundle_dir: Path) -> Manifest:
     return parse_manifest(path.read_text(), str(path))
 
 
-def verify_bundle(bundle_dir: Path, *, hashed: Mapping[str, str] | None = None) -> Manifest:
+def runtime_files(manifest: Manifest) -> frozenset[str]:
+    """The listed files a runtime reads to serve: the engine file(s), the tokenizer and the golden set."""
+    tokenizer_prefix = manifest.tokenizer.directory.rstrip("/") + "/"
+    return frozenset(
+        entry.path
+        for entry in manifest.files
+        if entry.path in (manifest.engine_file, manifest.golden.file)
+        or entry.path.startswith(tokenizer_prefix)
+        or entry.role in ("engine", "tokenizer", "golden")
+    )
+
+
+def verify_bundle(bundle_dir: Path, *, hashed: Mapping[str, str] | None = None, runtime_only: bool = False) -> Manifest:
     """Check every file against the manifest; return the manifest or raise ``BundleError``.
 
     Refuses missing, extra, resized and changed files, so a bundle that verifies is exactly what was built.
     ``hashed``: sha256 by path of files the caller has just hashed itself (a download that checked each
     file as it landed), so they are not read a second time; every other file is hashed here.
+    ``runtime_only``: a serving copy; listed files outside ``runtime_files`` may be absent.
     """
     manifest = read_manifest(bundle_dir)
     hashed = hashed or {}
     problems = []
     listed = {entry.path for entry in manifest.files}
+    needed = runtime_files(manifest) if runtime_only else listed
     for entry in manifest.files:
         path = bundle_dir / entry.path
         if not path.is_file():
-            problems.append(f"missing file {entry.path}")
+            if entry.path in needed:
+                problems.append(f"missing file {entry.path}")
         elif path.stat().st_size != entry.size:
             problems.append(f"{entry.path}: size {path.stat().st_size} != manifest {entry.size}")
         elif (hashed.get(entry.path) or sha256_file(path)) != entry.sha256:

@@ -40,6 +40,7 @@ from enginekit.bundle import (
     BundleError,
     Manifest,
     parse_manifest,
+    runtime_files,
     sha256_file,
     verify_bundle,
 )
@@ -632,13 +633,20 @@ class ObjectStoreReader:
     # ---- fetch
 
     def fetch_version(
-        self, model: str, version: str, dest_dir: Path, *, expected_bundle_digest: str | None = None
+        self,
+        model: str,
+        version: str,
+        dest_dir: Path,
+        *,
+        expected_bundle_digest: str | None = None,
+        runtime_only: bool = False,
     ) -> Manifest:
         """Download a version into ``dest_dir`` and return its verified manifest.
 
         Files land in a temporary directory next to ``dest_dir``, are checked against the manifest
         (``verify_bundle``), and the directory is renamed into place, so ``dest_dir`` is either absent or a
         complete, verified bundle. If ``dest_dir`` already holds this exact bundle it is reused.
+        ``runtime_only``: a serving copy, only ``runtime_files`` (a server never reads the portable graph).
         """
         dest_dir = Path(dest_dir)
         manifest, manifest_body = self._read_expected_manifest(
@@ -650,7 +658,8 @@ class ObjectStoreReader:
         )
         digest = manifest.digest()
         if dest_dir.exists():
-            return self._reuse_destination(dest_dir, digest, model, version)
+            return self._reuse_destination(dest_dir, digest, model, version, runtime_only)
+        wanted = runtime_files(manifest) if runtime_only else {entry.path for entry in manifest.files}
         dest_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.partial-", dir=dest_dir.parent))
         try:
@@ -658,6 +667,8 @@ class ObjectStoreReader:
             transfer = self._transfer_config()
             hashed: dict[str, str] = {}
             for entry in manifest.files:
+                if entry.path not in wanted:
+                    continue
                 key = self.version_prefix(model, version) + entry.path
                 target = staging / entry.path
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -671,14 +682,15 @@ class ObjectStoreReader:
                         f"was written to {dest_dir}. Publish the bundle again under a new version."
                     )
             try:
-                verify_bundle(staging, hashed=hashed)  # one sha256 pass per file: each was hashed as it landed
+                # one sha256 pass per file: each was hashed as it landed
+                verify_bundle(staging, hashed=hashed, runtime_only=runtime_only)
             except BundleError as error:
                 raise CorruptObjectError(f"fetched version {version!r} failed verification: {error}") from None
             try:
                 staging.rename(dest_dir)
             except OSError:
                 if dest_dir.exists():  # another fetcher finished first
-                    return self._reuse_destination(dest_dir, digest, model, version)
+                    return self._reuse_destination(dest_dir, digest, model, version, runtime_only)
                 raise
         finally:
             if staging.exists():
@@ -686,9 +698,9 @@ class ObjectStoreReader:
         logger.info("fetched %s/%s into %s", model, version, dest_dir)
         return manifest
 
-    def _reuse_destination(self, dest_dir: Path, digest: str, model: str, version: str) -> Manifest:
+    def _reuse_destination(self, dest_dir: Path, digest: str, model: str, version: str, runtime_only: bool) -> Manifest:
         try:
-            local = verify_bundle(dest_dir)
+            local = verify_bundle(dest_dir, runtime_only=runtime_only)
         except BundleError as error:
             raise FetchDestinationError(
                 f"{dest_dir} exists but is not a valid bundle ({error}); remove it or fetch elsewhere"

@@ -1,100 +1,182 @@
-"""Download and verify one version in a child process: ``python -m serving.fetcher`` (request on stdin).
+"""Download and verify versions in a long-lived, niced child process: ``python -m serving.fetcher``.
 
-The server stages new versions while it serves. Inside its own process a 100-MB download runs through
-boto3's transfer threads and sha256 passes whose Python work shares the GIL with the event loop and the
-batcher, and no OS priority helps with that (measured in BENCHMARKS.md section 7: the download was the
-largest phase of a swap and the one that delayed requests). Here the same ``ObjectStoreReader.fetch_version``
-runs in a separate, niced process; the server waits for it without holding the GIL.
+The server stages new versions while it serves. Inside its own process a download runs through boto3's
+transfer threads and sha256 passes whose Python work shares the GIL with the event loop and the batcher,
+and no OS priority helps with that (BENCHMARKS.md section 7: the download was the largest phase of a swap
+and the one that delayed requests). Here the same ``ObjectStoreReader.fetch_version`` runs in a separate
+process at a lower priority; the server waits for its answer without holding the GIL.
 
-Request (JSON on stdin): ``{"store": ObjectStoreSettings, "model", "version", "dest", "digest", "nice"}``.
-Answer (the last line of stdout, JSON): ``{"digest": ...}`` on success, else ``{"error": KIND, "message":
-...}`` where KIND is ``destination`` (``dest`` exists but is not a valid bundle) or the exception's class.
-Credentials come from the environment the server passes down (the standard AWS chain), never the request.
+The child starts once, with the server (importing boto3 and building a client costs about a second of a
+core: paid while the server starts, not during each swap on a busy machine, where a niced process gets
+only what serving leaves), and then serves one request per line:
+
+- the command line carries the store settings (JSON) and the niceness; credentials come from the
+  environment the server passes down (the standard AWS chain), never from a request;
+- request (one JSON line on stdin): ``{"model", "version", "dest", "digest", "runtime_only"}``;
+- answer (one JSON line on stdout): ``{"digest": ...}`` on success, else ``{"error": KIND, "message": ...}``
+  where KIND is ``destination`` (``dest`` exists but is not a valid bundle) or the exception's class.
+
+A child that dies or does not answer within the timeout is killed; the next fetch starts a new one.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import queue
 import subprocess
 import sys
+import threading
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from enginekit.bundle import Manifest, read_manifest
 from enginekit.objectstore import FetchDestinationError, ObjectStoreError, ObjectStoreSettings
 
+logger = logging.getLogger("serving.fetcher")
+
 
 class FetchProcessError(ObjectStoreError):
-    """The child process failed; the message is its own (what and where)."""
+    """The fetch failed in the child process, or the child did; the message says what and where."""
 
 
-def fetch_in_child(
-    store: ObjectStoreSettings,
-    model: str,
-    version: str,
-    dest: Path,
-    digest: str,
-    *,
-    nice: int = 0,
-    timeout_s: float = 600.0,
-) -> Manifest:
-    """``fetch_version`` in a child process; the verified manifest of ``dest``, or the child's error."""
-    request = {
-        "store": store.model_dump(mode="json"),
-        "model": model,
-        "version": version,
-        "dest": str(dest),
-        "digest": digest,
-        "nice": nice,
-    }
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "serving.fetcher"],
-            input=json.dumps(request),
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise FetchProcessError(f"fetching {model}/{version} took longer than {timeout_s:.0f} s; gave up") from None
-    lines = done.stdout.strip().splitlines()
-    try:
-        answer: dict[str, Any] = json.loads(lines[-1]) if lines else {}
-    except json.JSONDecodeError:
-        answer = {}
-    if "digest" in answer and done.returncode == 0:
-        manifest = read_manifest(dest)
-        if manifest.digest() != digest or answer["digest"] != digest:
-            raise FetchProcessError(f"{dest} holds bundle {manifest.digest()}, expected {digest}")
-        return manifest
-    if answer.get("error") == "destination":
-        raise FetchDestinationError(answer["message"])
-    if "error" in answer:
-        raise FetchProcessError(f"{answer['error']}: {answer['message']}")
-    tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-    raise FetchProcessError(f"the fetch process for {model}/{version} exited {done.returncode}: {tail}")
+class FetchWorker:
+    """The server's end of the child process. One fetch at a time (the follower stages one version)."""
+
+    def __init__(self, store: ObjectStoreSettings, *, nice: int = 0, timeout_s: float = 600.0) -> None:
+        self.store = store
+        self.nice = nice
+        self.timeout_s = timeout_s
+        self._process: subprocess.Popen[str] | None = None
+        self._answers: queue.Queue[str | None] = queue.Queue()
+        self._lock = threading.Lock()
+
+    def start(self) -> FetchWorker:
+        """Start the child now (the server does this at start, before it takes traffic)."""
+        with self._lock:
+            self._ensure_started()
+        return self
+
+    def _ensure_started(self) -> subprocess.Popen[str]:
+        if self._process is not None and self._process.poll() is None:
+            return self._process
+        command = [sys.executable, "-m", "serving.fetcher", self.store.model_dump_json(), str(self.nice)]
+        # stderr is the server's own: the child's log lines land next to the server's.
+        process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self._answers = queue.Queue()
+        assert process.stdout is not None
+        threading.Thread(
+            target=_read_lines, args=(process.stdout, self._answers), name="fetcher-answers", daemon=True
+        ).start()
+        self._process = process
+        return process
+
+    def fetch(self, model: str, version: str, dest: Path, digest: str, *, runtime_only: bool = False) -> Manifest:
+        """``fetch_version`` in the child; the verified manifest of ``dest``, or the child's error."""
+        request = {"model": model, "version": version, "dest": str(dest), "digest": digest}
+        request["runtime_only"] = runtime_only
+        with self._lock:
+            process = self._ensure_started()
+            assert process.stdin is not None
+            try:
+                process.stdin.write(json.dumps(request) + "\n")
+                process.stdin.flush()
+                line = self._answers.get(timeout=self.timeout_s)
+            except (BrokenPipeError, OSError):
+                line = None
+            except queue.Empty:
+                self._kill()
+                raise FetchProcessError(
+                    f"fetching {model}/{version} took longer than {self.timeout_s:.0f} s; the fetch process was "
+                    "stopped and the version refused"
+                ) from None
+            if line is None:  # the child is gone
+                code = process.wait()
+                self._process = None
+                raise FetchProcessError(
+                    f"the fetch process exited with code {code} while fetching {model}/{version} "
+                    "(its log is in the server's stderr); a new one starts with the next fetch"
+                )
+        try:
+            answer: dict[str, Any] = json.loads(line)
+        except json.JSONDecodeError:
+            answer = {"error": "protocol", "message": f"unreadable answer {line[:200]!r}"}
+        if "digest" in answer:
+            manifest = read_manifest(dest)
+            if manifest.digest() != digest or answer["digest"] != digest:
+                raise FetchProcessError(f"{dest} holds bundle {manifest.digest()}, expected {digest}")
+            return manifest
+        if answer.get("error") == "destination":
+            raise FetchDestinationError(str(answer.get("message")))
+        raise FetchProcessError(f"{answer.get('error')}: {answer.get('message')}")
+
+    def _kill(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
+    def close(self) -> None:
+        """Stop the child: end of input lets it exit; a child that does not is killed."""
+        with self._lock:
+            process, self._process = self._process, None
+        if process is None:
+            return
+        try:
+            assert process.stdin is not None
+            process.stdin.close()
+            process.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            process.kill()
+            process.wait()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
 
 
-def main() -> int:
-    request = json.loads(sys.stdin.read())
-    if request.get("nice"):
-        os.nice(int(request["nice"]))
+def _read_lines(stream: IO[str], answers: queue.Queue[str | None]) -> None:
+    for line in stream:
+        answers.put(line.strip())
+    answers.put(None)  # end of output: the child exited
+
+
+def _serve(store: ObjectStoreSettings) -> int:
     from enginekit.objectstore import ObjectStoreReader
 
-    try:
-        manifest = ObjectStoreReader(ObjectStoreSettings.model_validate(request["store"])).fetch_version(
-            request["model"], request["version"], Path(request["dest"]), expected_bundle_digest=request["digest"]
-        )
-    except FetchDestinationError as error:
-        print(json.dumps({"error": "destination", "message": str(error)}))
-        return 3
-    except Exception as error:  # every failure goes back to the server as what and where
-        print(json.dumps({"error": type(error).__name__, "message": str(error)}))
-        return 1
-    print(json.dumps({"digest": manifest.digest()}))
+    reader = ObjectStoreReader(store)
+    reader.client  # noqa: B018 (build the boto3 client now, while the server is starting)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+            manifest = reader.fetch_version(
+                request["model"],
+                request["version"],
+                Path(request["dest"]),
+                expected_bundle_digest=request["digest"],
+                runtime_only=bool(request.get("runtime_only")),
+            )
+            answer: dict[str, Any] = {"digest": manifest.digest()}
+        except FetchDestinationError as error:
+            answer = {"error": "destination", "message": str(error)}
+        except Exception as error:  # every failure goes back to the server as what and where
+            answer = {"error": type(error).__name__, "message": str(error)}
+        print(json.dumps(answer), flush=True)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m serving.fetcher STORE_SETTINGS_JSON NICENESS (started by the server)", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="fetcher: %(levelname)s %(message)s")
+    if int(args[1]):
+        os.nice(int(args[1]))
+    return _serve(ObjectStoreSettings.model_validate_json(args[0]))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ from enginekit.objectstore import ChannelPointer, FetchDestinationError, ObjectS
 from enginekit.runtime import IncompatibleBundleError, check_golden, check_runnable, load_engine
 from enginekit.tokenization import MODEL_INPUT_NAMES, EncodedBatch
 from serving.engines import EngineSet, LoadedEngine
-from serving.fetcher import fetch_in_child
+from serving.fetcher import FetchWorker
 from serving.settings import ServerSettings
 
 logger = logging.getLogger("serving.follower")
@@ -144,7 +145,11 @@ class ChannelFollower:
         self.engines = engines
         self.observer = observer or SwapObserver()
         self.reader = reader or ObjectStoreReader(settings.store)
-        self._fetch_in_child = reader is None and settings.swap.fetch_in_subprocess
+        self.fetcher = (
+            FetchWorker(settings.store, nice=settings.swap.staging_nice, timeout_s=settings.swap.fetch_timeout_s)
+            if reader is None and settings.swap.fetch_in_subprocess
+            else None
+        )
         """Downloads run in a niced child process (``serving.fetcher``) unless a reader was handed in."""
         self.status = FollowerStatus()
         self._etag: str | None = None
@@ -156,11 +161,15 @@ class ChannelFollower:
     # ---- lifecycle
 
     def start(self) -> None:
+        if self.fetcher is not None:
+            self.fetcher.start()
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
+        if self.fetcher is not None:
+            self.fetcher.close()
 
     def _loop(self) -> None:
         if self.settings.swap.staging_nice:
@@ -261,29 +270,26 @@ class ChannelFollower:
         settings = self.settings
         local = self.versions_dir / pointer.version
         with self._phase("download"):
-            fetch = self._fetch_child if self._fetch_in_child else self.reader.fetch_version
+            fetch = partial(
+                self._fetch_child if self.fetcher is not None else self.reader.fetch_version,
+                settings.model_name,
+                pointer.version,
+                local,
+                expected_bundle_digest=pointer.bundle_digest,
+                runtime_only=True,  # a server never reads the portable graph (half of a CPU bundle's bytes)
+            )
             try:
-                fetched = fetch(
-                    settings.model_name, pointer.version, local, expected_bundle_digest=pointer.bundle_digest
-                )
+                fetched = fetch()
             except FetchDestinationError:  # a damaged or stale local copy: fetch afresh
                 shutil.rmtree(local)
-                fetched = fetch(
-                    settings.model_name, pointer.version, local, expected_bundle_digest=pointer.bundle_digest
-                )
+                fetched = fetch()
         return self._load(local, pointer.version, pointer.bundle_digest, source="channel", verified=fetched)
 
-    def _fetch_child(self, model: str, version: str, local: Path, *, expected_bundle_digest: str) -> Manifest:
-        swap = self.settings.swap
-        return fetch_in_child(
-            self.settings.store,
-            model,
-            version,
-            local,
-            expected_bundle_digest,
-            nice=swap.staging_nice,
-            timeout_s=swap.fetch_timeout_s,
-        )
+    def _fetch_child(
+        self, model: str, version: str, local: Path, *, expected_bundle_digest: str, runtime_only: bool
+    ) -> Manifest:
+        assert self.fetcher is not None
+        return self.fetcher.fetch(model, version, local, expected_bundle_digest, runtime_only=runtime_only)
 
     def _load(
         self, local: Path, version: str, digest: str, source: str, verified: Manifest | None = None
@@ -292,7 +298,7 @@ class ChannelFollower:
         ~0.1 s of a core that serving needs; each pass is done once, not again here and in the build)."""
         settings = self.settings
         with self._phase("verify"):
-            manifest = verified if verified is not None else verify_bundle(local)
+            manifest = verified if verified is not None else verify_bundle(local, runtime_only=True)
             if manifest.digest() != digest:
                 raise SwapError("verify", f"local copy {local} has digest {manifest.digest()}, expected {digest}")
         with self._phase("compatibility"):

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
 
-from enginekit.bundle import MANIFEST_NAME, BundleError, verify_bundle
+from enginekit.bundle import MANIFEST_NAME, BundleError, runtime_files, verify_bundle
 from enginekit.objectstore import (
     BucketNotFoundError,
     CorruptObjectError,
     CredentialsError,
     EndpointUnreachableError,
+    FetchDestinationError,
     ObjectStoreSettings,
     VersionNotFoundError,
 )
@@ -163,6 +166,35 @@ def test_fetch_round_trip(store: ObjectStore, bundle: Path, tmp_path: Path, monk
     assert sorted(p.name for p in destination.parent.iterdir()) == ["v1"]  # no staging dir left
     # A second fetch into the same place reuses the verified bundle.
     assert store.fetch_version(MODEL, "v1", destination).digest() == manifest.digest()
+
+
+def test_a_serving_copy_holds_only_what_a_runtime_reads_and_is_still_checked(
+    store: ObjectStore, bundle: Path, tmp_path: Path
+) -> None:
+    """A server fetches the engine, tokenizer and golden set, never the portable graph (half a CPU bundle)."""
+    published = store.publish_version(MODEL, "v1", bundle)
+    destination = tmp_path / "serving" / "v1"
+    manifest = store.fetch_version(
+        MODEL, "v1", destination, expected_bundle_digest=published.bundle_digest, runtime_only=True
+    )
+    assert not (destination / manifest.portable_onnx).exists()
+    present = sorted(p.relative_to(destination).as_posix() for p in destination.rglob("*") if p.is_file())
+    assert present == sorted({*runtime_files(manifest), MANIFEST_NAME})
+    assert manifest.engine_file in present and manifest.golden.file in present
+    assert verify_bundle(destination, runtime_only=True).digest() == published.bundle_digest
+    with pytest.raises(BundleError, match=f"missing file {re.escape(manifest.portable_onnx)}"):
+        verify_bundle(destination)  # a full check still wants every file
+    # Reused as it is by the next fetch; a damaged runtime file is found there.
+    assert store.fetch_version(MODEL, "v1", destination, runtime_only=True).digest() == published.bundle_digest
+    (destination / manifest.golden.file).write_text("{}")
+    with pytest.raises(FetchDestinationError, match=r"golden\.json"):
+        store.fetch_version(MODEL, "v1", destination, runtime_only=True)
+    # A file the manifest does not list is refused in a serving copy too.
+    shutil.rmtree(destination)
+    store.fetch_version(MODEL, "v1", destination, runtime_only=True)
+    (destination / "extra.bin").write_bytes(b"x")
+    with pytest.raises(BundleError, match=r"unexpected file extra\.bin"):
+        verify_bundle(destination, runtime_only=True)
 
 
 def test_fetch_refuses_a_corrupted_object_and_leaves_no_destination(
@@ -382,26 +414,44 @@ def test_polling_a_channel_is_a_conditional_get(store: ObjectStore, bundle: Path
 def test_a_child_process_fetches_verifies_and_reports_failures_as_the_parent_would(
     store: ObjectStore, bundle: Path, seaweedfs: LocalS3, tmp_path: Path
 ) -> None:
-    """The server downloads in ``serving.fetcher`` (no GIL shared with requests): same result, same errors."""
-    from enginekit.objectstore import FetchDestinationError
-    from serving.fetcher import FetchProcessError, fetch_in_child
+    """The server downloads in ``serving.fetcher`` (no GIL shared with requests): same result, same errors,
+    one long-lived child for many fetches, and a new child when one dies."""
+    from serving.fetcher import FetchProcessError, FetchWorker
 
     published = store.publish_version(MODEL, "v1", bundle)
-    destination = tmp_path / "cache" / "v1"
-    manifest = fetch_in_child(store.settings, MODEL, "v1", destination, published.bundle_digest, nice=1)
-    assert manifest.digest() == verify_bundle(destination).digest() == published.bundle_digest
+    worker = FetchWorker(store.settings, nice=1, timeout_s=60).start()
+    try:
+        first_child = worker.pid
+        destination = tmp_path / "cache" / "v1"
+        manifest = worker.fetch(MODEL, "v1", destination, published.bundle_digest)
+        assert manifest.digest() == verify_bundle(destination).digest() == published.bundle_digest
 
-    with pytest.raises(FetchProcessError, match="refusing to fetch a different bundle"):
-        fetch_in_child(store.settings, MODEL, "v1", tmp_path / "other", "0" * 64)
-    assert not (tmp_path / "other").exists()
+        with pytest.raises(FetchProcessError, match="refusing to fetch a different bundle"):
+            worker.fetch(MODEL, "v1", tmp_path / "other", "0" * 64)
+        assert not (tmp_path / "other").exists()
 
-    (destination / "golden.json").write_text("{}")  # a local copy touched behind the server's back
-    with pytest.raises(FetchDestinationError, match="not a valid bundle"):
-        fetch_in_child(store.settings, MODEL, "v1", destination, published.bundle_digest)
+        (destination / "golden.json").write_text("{}")  # a local copy touched behind the server's back
+        with pytest.raises(FetchDestinationError, match="not a valid bundle"):
+            worker.fetch(MODEL, "v1", destination, published.bundle_digest)
 
-    key = store.version_prefix(MODEL, "v1") + "tokenizer/tokenizer.json"
-    original = (bundle / "tokenizer" / "tokenizer.json").read_bytes()
-    seaweedfs.raw_client().put_object(Bucket=seaweedfs.bucket, Key=key, Body=original.replace(b"buy", b"bUy"))
-    with pytest.raises(FetchProcessError, match=r"CorruptObjectError: object .*tokenizer\.json"):
-        fetch_in_child(store.settings, MODEL, "v1", tmp_path / "fresh", published.bundle_digest)
-    assert not (tmp_path / "fresh").exists()
+        serving_copy = worker.fetch(MODEL, "v1", tmp_path / "serving", published.bundle_digest, runtime_only=True)
+        assert serving_copy.digest() == published.bundle_digest
+        assert not (tmp_path / "serving" / serving_copy.portable_onnx).exists()
+        assert worker.pid == first_child  # one process answered all of these
+
+        key = store.version_prefix(MODEL, "v1") + "tokenizer/tokenizer.json"
+        original = (bundle / "tokenizer" / "tokenizer.json").read_bytes()
+        seaweedfs.raw_client().put_object(Bucket=seaweedfs.bucket, Key=key, Body=original.replace(b"buy", b"bUy"))
+        with pytest.raises(FetchProcessError, match=r"CorruptObjectError: object .*tokenizer\.json"):
+            worker.fetch(MODEL, "v1", tmp_path / "fresh", published.bundle_digest)
+        assert not (tmp_path / "fresh").exists()
+
+        os.kill(first_child, signal.SIGKILL)  # a child that died is reported, then replaced
+        with pytest.raises(FetchProcessError, match="fetch process exited"):
+            worker.fetch(MODEL, "v1", tmp_path / "after", published.bundle_digest)
+        seaweedfs.raw_client().put_object(Bucket=seaweedfs.bucket, Key=key, Body=original)
+        assert worker.fetch(MODEL, "v1", tmp_path / "after", published.bundle_digest).digest() == manifest.digest()
+        assert worker.pid not in (None, first_child)
+    finally:
+        worker.close()
+    assert worker.pid is None
