@@ -11,8 +11,8 @@ One run, everything on loopback, bounded in requests and time:
    *before* (no swaps), *swaps* (the channel moved to each published version in turn, the bad ones and one
    rollback among them, each move waiting until the server serves it or refuses it), *after*;
 6. the report: requests, failures, throughput, p50/p99 per phase, time from each pointer move to the first
-   response of the new version, the rollback's in-server swap time, the server's RSS after the 2nd and the
-   100th swap; the issue's targets with PASS/FAIL.
+   response of the new version, the rollback's in-server swap time, the RSS of the server and its fetch process after the 2nd
+   and the 100th swap; the issue's targets with PASS/FAIL.
 
     python -m bench.serve_load [--bundle .state/runs/<run>/bundle] [--swaps 100] [--load 0.7]
 
@@ -150,10 +150,20 @@ def raw_engine_rows_per_s(bundle: Path, texts: list[str], threads: int, seconds:
 
 
 def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """Resident memory of the server and its children (the fetch process), MiB."""
+    total = 0.0
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) / 1024
+        children = {
+            int(child)
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()
+        }
+    except OSError:  # the process ended meanwhile
+        return total
+    return total + sum(_rss_mib(child) for child in children)
 
 
 def _get_json(url: str) -> dict:
