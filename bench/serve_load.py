@@ -11,8 +11,8 @@ One run, everything on loopback, bounded in requests and time:
    *before* (no swaps), *swaps* (the channel moved to each published version in turn, the bad ones and one
    rollback among them, each move waiting until the server serves it or refuses it), *after*;
 6. the report: requests, failures, throughput, p50/p99 per phase, time from each pointer move to the first
-   response of the new version, the rollback's in-server swap time, the RSS of the server and its fetch process after the 2nd
-   and the 100th swap; the issue's targets with PASS/FAIL.
+   response of the new version, the rollback's in-server swap time, the RSS of the server and its fetch
+   process after the 2nd and the 100th swap; the issue's targets with PASS/FAIL.
 
     python -m bench.serve_load [--bundle .state/runs/<run>/bundle] [--swaps 100] [--load 0.7]
 
