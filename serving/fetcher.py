@@ -51,6 +51,7 @@ class FetchWorker:
         self._process: subprocess.Popen[str] | None = None
         self._answers: queue.Queue[str | None] = queue.Queue()
         self._lock = threading.Lock()
+        self._closed = False
 
     def start(self) -> FetchWorker:
         """Start the child now (the server does this at start, before it takes traffic)."""
@@ -59,6 +60,8 @@ class FetchWorker:
         return self
 
     def _ensure_started(self) -> subprocess.Popen[str]:
+        if self._closed:
+            raise FetchProcessError("the fetch process was stopped with the server; nothing is fetched any more")
         if self._process is not None and self._process.poll() is None:
             return self._process
         command = [sys.executable, "-m", "serving.fetcher", self.store.model_dump_json(), str(self.nice)]
@@ -118,9 +121,10 @@ class FetchWorker:
             self._process = None
 
     def close(self) -> None:
-        """Stop the child: end of input lets it exit; a child that does not is killed."""
-        with self._lock:
-            process, self._process = self._process, None
+        """Stop the child: end of input lets it exit; a child that does not is killed. Not under the lock:
+        a fetch still waiting for its answer gets "the fetch process exited" instead of holding up a stop."""
+        self._closed = True
+        process, self._process = self._process, None
         if process is None:
             return
         try:

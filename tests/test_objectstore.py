@@ -455,3 +455,5 @@ def test_a_child_process_fetches_verifies_and_reports_failures_as_the_parent_wou
     finally:
         worker.close()
     assert worker.pid is None
+    with pytest.raises(FetchProcessError, match="stopped with the server"):  # no orphan child after a stop
+        worker.fetch(MODEL, "v1", tmp_path / "late", published.bundle_digest)
