@@ -3,7 +3,8 @@
 One thread polls ``channels/CHANNEL.json`` with a conditional GET every ``poll_interval_s``. When the
 pointer names a new version:
 
-1. **download** it into ``state_dir/versions/VERSION`` (``ObjectStoreReader.fetch_version``: staged in a
+1. **download** a serving copy (engine, tokenizer, golden set) into ``state_dir/versions/VERSION``
+   (``ObjectStoreReader.fetch_version``, run in the niced fetch process ``serving.fetcher``: staged in a
    temporary folder, every file checked against the manifest and the pointer's bundle digest, renamed
    into place only when complete);
 2. **verify** the local copy against its manifest again (a cached copy could have been touched);
