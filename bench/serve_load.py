@@ -424,24 +424,27 @@ def _summarise(records: list, moves: list[dict], swap_started: float, swap_ended
 
 
 def _swap_metrics(url: str) -> dict[str, float]:
+    """The server's swap, failure and residency samples, keyed ``name{label="value",...}``."""
     import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(url + "/metrics", timeout=10) as response:  # noqa: S310 - loopback
         text = response.read().decode()
-    wanted = {}
-    for line in text.splitlines():
-        if line.startswith(
-            (
-                "int8_swaps_total",
-                "int8_resident_engines",
-                "int8_request_failures_total",
-                "int8_swap_phase_seconds_sum",
-                "int8_swap_phase_seconds_count",
-            )
-        ):
-            sample, _, value = line.rpartition(" ")
-            wanted[sample] = float(value)
-    return wanted
+    wanted = (
+        "int8_swaps_total",
+        "int8_resident_engines",
+        "int8_request_failures_total",
+        "int8_swap_phase_seconds_sum",
+        "int8_swap_phase_seconds_count",
+    )
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in wanted:
+                labels = ",".join(f'{key}="{value}"' for key, value in sorted(sample.labels.items()))
+                samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
 
 
 def swap_phase_means(metrics: dict[str, float]) -> dict[str, float]:
