@@ -28,7 +28,6 @@ import importlib.util
 import json
 import os
 import platform
-import re
 import signal
 import subprocess
 import sys
@@ -37,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_STATE = Path(".state/gpu-flow")
-_STAGE_ROW = re.compile(r"^\| (?P<stage>[a-z0-9-]+) \| (?P<seconds>[0-9]+) \| (?P<share>[0-9]+)% \|$")
 _TRAINING_SECTIONS = ("teacher.training", "quantize.training", "quantize.smaller_student.distill_training")
 
 
@@ -94,16 +92,6 @@ def training_overrides(config_path: Path, sets: list[str], processes: int) -> li
             )
         overrides += [f"{section}.processes={processes}", f"{section}.batch_size={batch // processes}"]
     return overrides
-
-
-def stage_seconds(run_report: str) -> dict[str, float]:
-    """The run report's wall-time table (Prefect's own task-run records) as {stage: seconds}."""
-    stages = {}
-    for line in run_report.splitlines():
-        match = _STAGE_ROW.match(line.strip())
-        if match:
-            stages[match["stage"]] = float(match["seconds"])
-    return stages
 
 
 def newest_run(work_dir: Path, started: float) -> Path | None:
@@ -167,9 +155,11 @@ def run_config(
     result["run_dir"] = str(run) if run else None
     if run is None:
         return result
-    report = run / "run-report.md"
+    report = run / "run-report.json"
     if report.is_file():
-        result["stage_seconds"] = stage_seconds(report.read_text())
+        from tasks.run_report import stage_seconds_from
+
+        result["stage_seconds"] = stage_seconds_from(report)
     validation = run / "validation" / "validation.json"
     if validation.is_file():
         gates = json.loads(validation.read_text())

@@ -77,8 +77,13 @@ class FetchWorker:
 
     def fetch(self, model: str, version: str, dest: Path, digest: str, *, runtime_only: bool = False) -> Manifest:
         """``fetch_version`` in the child; the verified manifest of ``dest``, or the child's error."""
-        request = {"model": model, "version": version, "dest": str(dest), "digest": digest}
-        request["runtime_only"] = runtime_only
+        request = {
+            "model": model,
+            "version": version,
+            "dest": str(dest),
+            "digest": digest,
+            "runtime_only": runtime_only,
+        }
         with self._lock:
             process = self._ensure_started()
             assert process.stdin is not None

@@ -7,11 +7,13 @@
   records (so it holds for runs started from the CLI, a deployment or the UI alike).
 
 Written to ``<run>/run-report.md``, published as the Prefect artifact ``run-report`` and logged to the MLflow
-run next to the other reports.
+run next to the other reports; the wall-time table also goes to ``<run>/run-report.json`` for programs
+(``stage_seconds_from``).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -119,6 +121,14 @@ def render_run_report(
     return "\n".join(lines) + "\n"
 
 
+def stage_seconds_from(run_report_json: Path) -> dict[str, float]:
+    """``run-report.json``'s wall time as {stage: seconds} (a stage run more than once: the sum)."""
+    stages: dict[str, float] = {}
+    for item in json.loads(Path(run_report_json).read_text())["stages"]:
+        stages[item["stage"]] = stages.get(item["stage"], 0.0) + float(item["seconds"])
+    return stages
+
+
 def write_run_report(
     model_name: str,
     run_dir: Path,
@@ -131,6 +141,12 @@ def write_run_report(
     path = Path(run_dir) / "run-report.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_run_report(model_name, teacher, smaller, stages, total, reports))
+    timing = {
+        "model": model_name,
+        "total_seconds": round(total, 3),
+        "stages": [{"stage": stage.stage, "seconds": round(stage.seconds, 3)} for stage in stages],
+    }
+    path.with_suffix(".json").write_text(json.dumps(timing, indent=2) + "\n")
     return RunReport(str(path), total, stages)
 
 

@@ -164,14 +164,16 @@ def test_serve_load_runs_every_phase_and_reports_the_targets(tiny_build, tmp_pat
     assert "Mean seconds per phase of a swap" in table and "warm " in table and "golden " in table
 
 
-def test_gpu_flow_reads_stage_times_from_a_rendered_run_report(tiny_build):
-    from bench.gpu_flow import stage_seconds
-    from tasks.run_report import StageTime, render_run_report
+def test_the_run_report_gives_programs_its_stage_times(tiny_build, tmp_path, monkeypatch):
+    """``run-report.json`` next to the markdown: what ``bench.gpu_flow`` reads (no table parsing)."""
+    import tasks.run_report as run_report
+    from tasks.run_report import StageTime, stage_seconds_from, write_run_report
 
-    stages = [StageTime("train-teacher", 23.4), StageTime("ptq-baselines", 139.0), StageTime("publish-s3", 0.6)]
-    report = render_run_report("m", tiny_build.teacher, None, stages, 240.0, {"validation": "/x/validation.md"})
-    assert stage_seconds(report) == {"train-teacher": 23.0, "ptq-baselines": 139.0, "publish-s3": 1.0}
-    assert stage_seconds("# no table here") == {}
+    stages = [StageTime("train-teacher", 23.4), StageTime("ptq-baselines", 139.0), StageTime("ptq-baselines", 1.5)]
+    monkeypatch.setattr(run_report, "stage_times", lambda _flow_run: (stages, 240.0))
+    report = write_run_report("m", tmp_path, tiny_build.teacher, None, "a-flow-run", {})
+    assert stage_seconds_from(tmp_path / "run-report.json") == {"train-teacher": 23.4, "ptq-baselines": 140.5}
+    assert "| ptq-baselines | 139 |" in Path(report.path).read_text()
 
 
 def test_gpu_flow_splits_the_global_batch_over_processes(tmp_path):
