@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from enginekit.runtime_onnx import precise_int8
+
 LATENCY_TOKENS = 16
 THROUGHPUT_TOKENS = 32
 THROUGHPUT_BATCH = 32
@@ -94,6 +96,7 @@ def ort_session(path: Path, threads: int):
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    precise_int8(options)  # as the product's runtime (enginekit.runtime_onnx)
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda feed: session.run(None, feed)[0]
 

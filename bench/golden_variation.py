@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from enginekit.runtime_onnx import precise_int8
+
 
 def _session(path: Path, level, threads: int):
     import onnxruntime as ort
@@ -25,6 +27,7 @@ def _session(path: Path, level, threads: int):
     options = ort.SessionOptions()
     options.graph_optimization_level = level
     options.intra_op_num_threads = threads
+    precise_int8(options)  # as the product's runtime (enginekit.runtime_onnx)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

@@ -38,6 +38,7 @@ from enginekit.bundle import (
 from enginekit.hardware import cpu_isa, cpu_model
 from enginekit.lineage import code_version
 from enginekit.runtime import EngineRuntime, check_golden, load_engine, predict_logits
+from enginekit.runtime_onnx import precise_int8
 from enginekit.tokenization import MODEL_INPUT_NAMES
 from tasks.config import EngineConfig
 from tasks.data import PreparedData
@@ -92,6 +93,7 @@ def optimize_for_onnxruntime(source: Path, destination: Path, level: str, thread
     options.intra_op_num_threads = threads
     destination.parent.mkdir(parents=True, exist_ok=True)
     options.optimized_model_filepath = str(destination)
+    # no PRECISE_INT8 here: the written engine keeps S8 weights; each runtime sets it at load
     ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
     return ort.__version__
 
@@ -145,6 +147,7 @@ def kernel_variation(bundle_dir: Path, manifest: Manifest, feed: dict[str, np.nd
         options = ort.SessionOptions()
         options.graph_optimization_level = level
         options.intra_op_num_threads = 1
+        precise_int8(options)  # as the engine runs everywhere (enginekit.runtime_onnx)
         session = ort.InferenceSession(
             str(bundle_dir / manifest.portable_onnx), options, providers=["CPUExecutionProvider"]
         )
