@@ -4,7 +4,10 @@ Another CPU runs other ONNX Runtime kernels for the same graph (AVX2 / AVX-512 /
 FP32 ops around the INT8 GEMMs). This runs a finished run's bundle three ways on its whole test split —
 the engine file as served, its portable QDQ graph unoptimized (reference kernels), and the portable graph
 with ORT's load-time optimizations — and reports the logit differences to the engine, the labels that
-change, the margins of all rows and of the canaries, and the tolerance the bundle recorded.
+change, the margins of all rows and of the canaries, and the tolerance the bundle recorded. It also runs
+the engine once more with ONNX Runtime's default INT8 GEMM (``session.x64quantprecision`` off, see
+``enginekit.runtime_onnx.PRECISE_INT8``), side by side: seconds and distance to the unoptimized graph
+(exact INT8 arithmetic) of each. On CPUs with VNNI or AMX the two are the same path.
 
     python -m bench.golden_variation [.state/runs/<run>]    (default: the newest run)
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +25,14 @@ import numpy as np
 from enginekit.runtime_onnx import precise_int8
 
 
-def _session(path: Path, level, threads: int):
+def _session(path: Path, level, threads: int, precise: bool = True):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = level
     options.intra_op_num_threads = threads
-    precise_int8(options)  # as the product's runtime (enginekit.runtime_onnx)
+    if precise:
+        precise_int8(options)  # as the product's runtime (enginekit.runtime_onnx)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -38,6 +43,16 @@ def _logits(session, encoder, texts: list[str], batch: int = 32) -> np.ndarray:
         feed = encoder.encode(texts[start : start + batch]).as_feed()
         outputs.append(session.run(None, {k: v for k, v in feed.items() if k in wanted})[0])
     return np.concatenate(outputs)
+
+
+def _distance(reference: np.ndarray, logits: np.ndarray) -> dict:
+    difference = np.abs(reference - logits).max(-1)
+    return {
+        "max": float(difference.max()),
+        "p99": float(np.percentile(difference, 99)),
+        "mean": float(difference.mean()),
+        "label_changes": int((reference.argmax(-1) != logits.argmax(-1)).sum()),
+    }
 
 
 def measure(run: Path) -> dict:
@@ -54,7 +69,12 @@ def measure(run: Path) -> dict:
     encoder = TextEncoder(bundle / manifest.tokenizer.directory, manifest.tokenizer.max_length)
     texts = list(load_from_disk(str(run / "data" / "dataset"))["test"]["text"])
     level = ort.GraphOptimizationLevel
+    started = time.perf_counter()
     engine = _logits(_session(bundle / manifest.engine_file, level.ORT_ENABLE_ALL, 2), encoder, texts)
+    engine_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    saturating = _logits(_session(bundle / manifest.engine_file, level.ORT_ENABLE_ALL, 2, False), encoder, texts)
+    saturating_seconds = time.perf_counter() - started
     result: dict = {
         "run": str(run),
         "machine": f"{cpu_model()} ({', '.join(cpu_isa())})",
@@ -67,13 +87,12 @@ def measure(run: Path) -> dict:
         ("portable, ORT all", level.ORT_ENABLE_ALL),
     ):
         other = _logits(_session(bundle / manifest.portable_onnx, optimization, 2), encoder, texts)
-        difference = np.abs(other - engine).max(-1)
-        result["paths"][name] = {
-            "max": float(difference.max()),
-            "p99": float(np.percentile(difference, 99)),
-            "mean": float(difference.mean()),
-            "label_changes": int((other.argmax(-1) != engine.argmax(-1)).sum()),
-        }
+        result["paths"][name] = _distance(other, engine)
+        if optimization == level.ORT_DISABLE_ALL:
+            result["engine_int8_gemm"] = {
+                "exact (x64quantprecision, as served)": {"seconds": engine_seconds, **_distance(other, engine)},
+                "ONNX Runtime default": {"seconds": saturating_seconds, **_distance(other, saturating)},
+            }
     margins = top_margins(engine)
     golden = json.loads((bundle / manifest.golden.file).read_text())
     result["margins_all_rows"] = {f"p{q}": float(np.percentile(margins, q)) for q in (1, 5, 50)}

@@ -128,6 +128,13 @@ def test_golden_variation_measures_the_bundle_through_other_kernels(tiny_build, 
     for path in result["paths"].values():
         assert 0 <= path["mean"] <= path["p99"] <= path["max"] and path["label_changes"] >= 0
     assert result["canaries"]["min_margin"] > 2 * result["canaries"]["atol"]
+    modes = result["engine_int8_gemm"]  # both GEMM paths side by side, measured against exact arithmetic
+    assert len(modes) == 2 and all(mode["seconds"] > 0 and mode["max"] >= mode["p99"] >= 0 for mode in modes.values())
+    exact = modes["exact (x64quantprecision, as served)"]
+    assert (exact["max"], exact["label_changes"]) == (
+        result["paths"]["portable, unoptimized"]["max"],
+        result["paths"]["portable, unoptimized"]["label_changes"],
+    )
 
 
 def test_golden_variation_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
