@@ -95,8 +95,9 @@ class SwapSettings(_Section):
     fetch_timeout_s: float = Field(default=600.0, gt=0.0)
     """A download that takes longer is abandoned (the version is refused until the pointer moves again)."""
     staging_nice: int = Field(default=10, ge=0, le=19)
-    """OS scheduling niceness of the thread that downloads, hashes and builds new versions (Linux: per
-    thread), so that on a busy machine requests get the cores first and staging takes what is left."""
+    """OS scheduling niceness of the fetch process (download and hashing) and of the thread that builds
+    new versions (Linux: per thread), so that on a busy machine requests get the cores first and staging
+    takes what is left."""
 
 
 class ServerSettings(BaseSettings):
