@@ -39,6 +39,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.cpu_timeline import CpuTimeline
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -133,20 +135,24 @@ def _texts_for(bundle: Path) -> list[str]:
     return json.loads((bundle / "golden.json").read_text())["texts"]
 
 
-def raw_engine_rows_per_s(bundle: Path, texts: list[str], threads: int, seconds: float = 5.0) -> float:
+def raw_engine_rows_per_s(bundle: Path, texts: list[str], threads: int, seconds: float = 5.0) -> dict[str, Any]:
+    """B32 rows/s of the bundle's engine on the same fixed batches each time; ``per_pass``: rows/s of each
+    pass over the batches, whose spread is the machine's own speed variation over the measurement."""
     from enginekit.runtime import load_engine
 
     engine = load_engine(bundle, threads=threads)
     rng = random.Random(3)
-    batches = [engine.encoder.encode([rng.choice(texts) for _ in range(32)]) for _ in range(64)]
+    batches = [engine.encoder.encode([rng.choice(texts) for _ in range(32)]) for _ in range(8)]
     for batch in batches[:4]:
         engine.run(batch)
-    rows, started, index = 0, time.perf_counter(), 0
+    passes: list[float] = []
+    started = time.perf_counter()
     while time.perf_counter() - started < seconds:
-        engine.run(batches[index % len(batches)])
-        rows += 32
-        index += 1
-    return rows / (time.perf_counter() - started)
+        began = time.perf_counter()
+        for batch in batches:
+            engine.run(batch)
+        passes.append(32 * len(batches) / (time.perf_counter() - began))
+    return {"rows_per_s": len(passes) * 32 * len(batches) / (time.perf_counter() - started), "per_pass": passes}
 
 
 def _rss_mib(pid: int) -> float:
@@ -284,10 +290,19 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
                 raise RuntimeError(f"server not ready: {(work / 'server.log').read_text()[-2000:]}")
             time.sleep(0.2)
 
+        timeline = CpuTimeline(url, server.pid)
+        weed_pid = work / "stack" / "pids" / "seaweedfs.pid"
+        if weed_pid.is_file():
+            timeline.add("s3 server", int(weed_pid.read_text().strip()))
+        timeline.start()
+
         # ---- raw engine and saturation, side by side in this run
-        report["raw_engine_b32_rows_per_s"] = raw_engine_rows_per_s(bundle, texts, threads)
+        raw = raw_engine_rows_per_s(bundle, texts, threads)
+        report["raw_engine_b32_rows_per_s"], report["raw_engine_passes"] = raw["rows_per_s"], {"start": raw["per_pass"]}
         per = arguments.texts_per_request
+        saturation_started = time.time()
         saturation = _client(work, "client-closed", url, per, duration=arguments.saturation_seconds, concurrency=64)
+        windows = {"saturation": (saturation_started + 2.5, time.time())}  # past the client's 2-s warm-up
         report["saturation"] = saturation
         report["saturation_ratio"] = saturation["rows_per_s"] / report["raw_engine_b32_rows_per_s"]
         single = _client(work, "client-closed", url, 1, duration=arguments.saturation_seconds, concurrency=64)
@@ -298,6 +313,7 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
         report["offered_requests_per_s"] = rate
         budget = arguments.phase_seconds * 2 + arguments.max_swap_seconds
         client = _start_client(work, url, per, rate, budget)
+        timeline.add("load client", client.pid)
         time.sleep(arguments.phase_seconds)
         moves, rss = [], {}
         swap_started = time.time()
@@ -307,18 +323,30 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
             current = publisher.read_channel(model, "production")
             publisher.move_channel(model, "production", version, expected_etag=current.etag, reason=f"load {kind}")
             outcome = _await_outcome(url, version, kind, before, timeout=arguments.poll + 30)
-            moves.append({"version": version, "kind": kind, "moved_at": moved_at, **outcome})
+            moves.append({"version": version, "kind": kind, "moved_at": moved_at, "settled_at": time.time(), **outcome})
             successes = sum(1 for move in moves if move["result"] in ("served", "rollback"))
             if successes in (2, 100) and str(successes) not in rss:
                 time.sleep(1.0)
                 rss[str(successes)] = _rss_mib(server.pid)
             if time.time() - swap_started > arguments.max_swap_seconds:
                 break
+            time.sleep(arguments.gap_seconds)  # quiet time: the same load with no staging, as a reference
+        if not moves:  # --swaps 0, the control run: the middle window is as long as the others, no move
+            time.sleep(arguments.phase_seconds)
         swap_ended = time.time()
         time.sleep(arguments.phase_seconds)
+        windows.update(
+            before=(swap_started - arguments.phase_seconds, swap_started),
+            swaps=(swap_started, swap_ended),
+            after=(swap_ended, time.time()),
+        )
+        timeline.stop()
+        report["cpu"] = {name: timeline.summarise(*window) for name, window in windows.items()}
         rss["end"] = _rss_mib(server.pid)
         (work / "open.stop").touch()
         client.wait(timeout=120)
+        # The same raw measurement again, the server idle: how far the machine's own speed moved in the run.
+        report["raw_engine_passes"]["end"] = raw_engine_rows_per_s(bundle, texts, threads)["per_pass"]
         records = json.loads((work / "open.json").read_text())
         report.update(_summarise(records, moves, swap_started, swap_ended, arguments.phase_seconds))
         report["moves"] = moves
@@ -388,15 +416,24 @@ def _summarise(records: list, moves: list[dict], swap_started: float, swap_ended
             return "before"
         return "swaps" if sent <= swap_ended else "after"
 
+    staging = [(move["moved_at"], move["settled_at"]) for move in moves]
+
+    def staged(sent: float) -> bool:
+        return any(start <= sent <= end for start, end in staging)
+
+    groups = {name: [r for r in records if phase_of(r[0]) == name] for name in ("before", "swaps", "after")}
+    # The swap phase split in two: requests sent while a version was being staged, and those sent in the
+    # quiet gaps between moves (the same load at the same time of the run, without staging).
+    groups["swaps: staging"] = [r for r in groups["swaps"] if staged(r[0])]
+    groups["swaps: between moves"] = [r for r in groups["swaps"] if not staged(r[0])]
     phases: dict[str, dict[str, Any]] = {}
-    for name in ("before", "swaps", "after"):
-        chosen = [r for r in records if phase_of(r[0]) == name]
+    for name, chosen in groups.items():
         ok = [r for r in chosen if r[2] == 200]
         span = (max(r[0] for r in chosen) - min(r[0] for r in chosen)) if len(chosen) > 1 else 0.0
         phases[name] = {
             "requests": len(chosen),
             "failed": len(chosen) - len(ok),
-            "requests_per_s": len(ok) / span if span else 0.0,
+            "requests_per_s": len(ok) / span if span and name in ("before", "swaps", "after") else None,
             **_percentiles([r[1] - r[0] for r in ok]),
         }
     to_first = []
@@ -486,7 +523,9 @@ def render(report: dict[str, Any], poll: float) -> str:
          f"{len(served)} swaps, {len(rollbacks)} rollback, {len(refused)} refused, "
          f"{report['failed_requests']} failed of {report['total_requests']}{_failure_kinds(report)}"),
         ("p99 during swaps <= 1.5 x steady-state p99", (phases["swaps"]["p99_ms"] or 1e9) <= 1.5 * steady_p99,
-         f"{_number(phases['swaps']['p99_ms'])} ms vs {steady_p99:.1f} ms"),
+         f"{_number(phases['swaps']['p99_ms'])} ms vs {steady_p99:.1f} ms (while staging "
+         f"{_number(phases.get('swaps: staging', {}).get('p99_ms'))} ms, between moves "
+         f"{_number(phases.get('swaps: between moves', {}).get('p99_ms'))} ms)"),
         ("new version serving within poll interval + 2 s", (first["max"] or 1e9) <= poll + 2.0,
          f"max {_number(first['max'], 2)} s, median {_number(first['median'], 2)} s (poll {poll:g} s)"),
         ("rollback to the resident previous version <= 1 s after the pointer is seen",
@@ -500,10 +539,9 @@ def render(report: dict[str, Any], poll: float) -> str:
         "| phase | requests | failed | requests/s | p50 ms | p99 ms |",
         "|---|---|---|---|---|---|",
     ]
-    for name in ("before", "swaps", "after"):
-        p = phases[name]
+    for name, p in phases.items():
         lines.append(
-            f"| {name} | {p['requests']} | {p['failed']} | {p['requests_per_s']:.1f} | {_number(p['p50_ms'])} | "
+            f"| {name} | {p['requests']} | {p['failed']} | {_number(p['requests_per_s'])} | {_number(p['p50_ms'])} | "
             f"{_number(p['p99_ms'])} |"
         )
     lines += ["", "| target | result | measured |", "|---|---|---|"]
@@ -517,6 +555,39 @@ def render(report: dict[str, Any], poll: float) -> str:
         f"of the machine's {os.cpu_count()} cores while measuring saturation. Publishing every version up "
         f"front took {report['publish_seconds']:.0f} s.",
     ]
+    cpu = report.get("cpu") or {}
+    if any(cpu.values()):
+        lines += [
+            "",
+            "Where the cores went (once-a-second samples of /proc and the server's counters; "
+            f"{os.cpu_count()} cores in all):",
+            "",
+            "| window | server cores (top threads) | other processes, cores | engine busy | rows/s | rows per "
+            "engine call | engine ms per row | mean queue ms |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, window in cpu.items():
+            if not window:
+                continue
+            threads = list(window["server_threads_cores"].items())[:4]
+            top = ", ".join(f"{thread} {cores:.2f}" for thread, cores in threads)
+            others = ", ".join(f"{process} {cores:.2f}" for process, cores in window["other_cores"].items()) or "—"
+            lines.append(
+                f"| {name} | {window['server_cores']:.2f} ({top}) | {others} | {window['engine_busy']:.2f} | "
+                f"{window['rows_per_s']:.0f} | {_number(window['rows_per_engine_call'])} | "
+                f"{_number(window['engine_ms_per_row'], 2)} | {_number(window['mean_queue_ms'])} |"
+            )
+    passes = report.get("raw_engine_passes") or {}
+    if passes.get("start") and passes.get("end"):
+        spread = ", ".join(
+            f"{when} {min(values):.0f}–{max(values):.0f} (median {statistics.median(values):.0f})"
+            for when, values in passes.items()
+        )
+        lines += [
+            "",
+            f"The raw engine's B32 rows/s per pass over the same fixed batches, at the start and again at the "
+            f"end with the server idle: {spread}. Their spread is the machine's own speed variation.",
+        ]
     means = swap_phase_means(report.get("server_metrics", {}))
     if means:
         lines += [
@@ -541,12 +612,20 @@ def main(argv: list[str] | None = None) -> int:
         client.add_argument("--concurrency", type=int, default=32)
         client.add_argument("--out", type=Path, required=True)
     parser.add_argument("--bundle", default=None, help="default: the newest run's bundle under .state/runs")
-    parser.add_argument("--swaps", type=int, default=100, help="fresh versions moved to (plus 3 bad ones, 1 rollback)")
+    parser.add_argument(
+        "--swaps",
+        type=int,
+        default=100,
+        help="fresh versions moved to (plus 3 bad ones, 1 rollback); 0: a control run, the same load and no move",
+    )
     parser.add_argument("--load", type=float, default=0.7, help="open-loop rate as a share of saturation")
     parser.add_argument("--texts-per-request", type=int, default=8)
     parser.add_argument("--poll", type=float, default=1.0, help="the server's poll interval, seconds")
     parser.add_argument("--threads", type=int, default=0, help="engine threads (0: every core)")
     parser.add_argument("--phase-seconds", type=float, default=15.0, help="before/after phases")
+    parser.add_argument(
+        "--gap-seconds", type=float, default=5.0, help="quiet time after each move settles, before the next move"
+    )
     parser.add_argument("--saturation-seconds", type=float, default=10.0)
     parser.add_argument("--s3-nice", type=int, default=10, help="niceness of the stand-in S3 server (0-19)")
     parser.add_argument("--max-swap-seconds", type=float, default=600.0, help="time bound of the swap phase")

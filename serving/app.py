@@ -31,6 +31,7 @@ from serving.batching import Batcher, DeadlineExceededError, NotReadyError, Over
 from serving.engines import EngineSet, LoadedEngine
 from serving.follower import ChannelFollower
 from serving.metrics import ServerMetrics
+from serving.osthreads import start_shared_pools
 from serving.protocol import (
     HEADER_LENGTH,
     Limits,
@@ -214,6 +215,7 @@ def build_state(settings: ServerSettings) -> ServerState:
 
         if not share_thread_pool(settings.engine_threads):
             logger.warning("ONNX Runtime's thread pool was set up before this server: engines keep their own pools")
+    start_shared_pools()  # before the follower's niced thread could be the one to start them
     engines = EngineSet(settings.swap.keep_previous_s)
     metrics = ServerMetrics(engines)
     batcher = Batcher(engines, settings.batching, metrics.batch_observer())

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from serving.engines import EngineSet, LoadedEngine
+from serving.osthreads import name_os_thread
 from serving.settings import BatchingSettings
 
 
@@ -179,6 +180,7 @@ class Batcher:
             return taken
 
     def _work(self) -> None:
+        name_os_thread("int8-batcher")
         while True:
             taken = self._take()
             if taken is None:

@@ -43,6 +43,7 @@ from enginekit.runtime import IncompatibleBundleError, check_golden, check_runna
 from enginekit.tokenization import MODEL_INPUT_NAMES, EncodedBatch
 from serving.engines import EngineSet, LoadedEngine
 from serving.fetcher import FetchWorker
+from serving.osthreads import name_os_thread
 from serving.settings import ServerSettings
 
 logger = logging.getLogger("serving.follower")
@@ -173,8 +174,11 @@ class ChannelFollower:
             self.fetcher.close()
 
     def _loop(self) -> None:
+        name_os_thread("int8-follower")
         if self.settings.swap.staging_nice:
-            try:  # this thread only: the event loop, the batcher and the engines' thread pool keep theirs
+            # This thread only: the event loop, the batcher and the thread pools keep theirs (the server
+            # starts the pools at normal priority first: ``serving.osthreads``).
+            try:
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.settings.swap.staging_nice)
             except (OSError, AttributeError) as error:  # not Linux, or not allowed: staging at normal priority
                 logger.info("staging thread keeps its priority: %s", error)

@@ -151,7 +151,8 @@ def test_serve_load_runs_every_phase_and_reports_the_targets(tiny_build, tmp_pat
 
     out = tmp_path / "load"
     arguments = ["--bundle", str(tiny_build.bundle_dir), "--swaps", "3", "--phase-seconds", "1.5"]
-    arguments += ["--saturation-seconds", "1", "--poll", "0.25", "--threads", "1", "--out", str(out)]
+    arguments += ["--saturation-seconds", "1", "--poll", "0.25", "--threads", "1", "--gap-seconds", "0.5"]
+    arguments += ["--out", str(out)]
     assert main(arguments) == 0
     report = json.loads(out.with_suffix(".json").read_text())
     results = [move["result"] for move in report["moves"]]
@@ -169,6 +170,16 @@ def test_serve_load_runs_every_phase_and_reports_the_targets(tiny_build, tmp_pat
     metrics = report["server_metrics"]
     assert metrics['int8_swap_phase_seconds_count{phase="download"}'] >= 6
     assert "Mean seconds per phase of a swap" in table and "warm " in table and "golden " in table
+    # where the cores went during the swaps: the server's threads by name, its engine counters
+    swaps = report["cpu"]["swaps"]
+    assert swaps["server_cores"] > 0 and "int8-batcher" in swaps["server_threads_cores"]
+    assert swaps["rows_per_s"] > 0 and swaps["engine_ms_per_row"] > 0
+    assert "Where the cores went" in table
+    assert report["raw_engine_passes"]["start"] and report["raw_engine_passes"]["end"]
+    # the swap phase split into requests sent while staging and in the quiet gaps between moves
+    phases = report["phases"]
+    staging, between = phases["swaps: staging"]["requests"], phases["swaps: between moves"]["requests"]
+    assert staging > 0 and between > 0 and staging + between == phases["swaps"]["requests"]
 
 
 def test_the_run_report_gives_programs_its_stage_times(tiny_build, tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ import gzip
 import json
 import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,6 +97,30 @@ def test_metrics_report_requests_batches_version_and_swaps(served):
     assert "int8_batch_size_rows_bucket" in text and "int8_swap_phase_seconds_bucket" in text
     assert f'version="{version}"' in text and server.metric("int8_swaps_total", result="success") == 1
     assert server.metric("int8_resident_engines") == 1
+
+
+def _threads(pid: int) -> list[tuple[str, int]]:
+    """(OS name, niceness) of every thread of ``pid``."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        stat = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        found.append(((task / "comm").read_text().strip(), int(stat[16])))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread priorities are read from Linux's /proc")
+def test_only_the_staging_thread_runs_niced(served):
+    """Thread pools started lazily take the niceness of the thread that first uses them: had the staging
+    thread started the tokenizer's pool, every request's tokenization would run at the staging priority."""
+    server, _version, _model = served
+    assert post_json(server.url + "/v1/classify", {"texts": TEXTS})[0] == 200
+    assert server.process is not None
+    threads = _threads(server.process.pid)
+    names = [name for name, _nice in threads]
+    assert "int8-batcher" in names and "int8-follower" in names, threads
+    assert [nice for name, nice in threads if name == "int8-follower"] == [10]  # staging_nice's default
+    assert [(name, nice) for name, nice in threads if name != "int8-follower" and nice != 0] == []
+    assert len(threads) > 3  # the pools exist: the check above covered them
 
 
 def _gzip_bomb() -> bytes:
