@@ -588,6 +588,19 @@ def render(report: dict[str, Any], poll: float) -> str:
             f"The raw engine's B32 rows/s per pass over the same fixed batches, at the start and again at the "
             f"end with the server idle: {spread}. Their spread is the machine's own speed variation.",
         ]
+    per_swap: dict[str, list[float]] = {}
+    for move in served:
+        for phase, seconds in (move.get("server_swap") or {}).get("phase_seconds", {}).items():
+            per_swap.setdefault(phase, []).append(seconds)
+    if per_swap:
+        lines += [
+            "",
+            "Seconds per phase of each served swap (from the server's ready details), median / max: "
+            + ", ".join(
+                f"{phase} {statistics.median(values):.2f} / {max(values):.2f}" for phase, values in per_swap.items()
+            )
+            + ".",
+        ]
     means = swap_phase_means(report.get("server_metrics", {}))
     if means:
         lines += [

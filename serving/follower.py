@@ -159,6 +159,8 @@ class ChannelFollower:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="channel-follower", daemon=True)
         self.versions_dir = settings.swap.state_dir / "versions"
+        self._phases: dict[str, float] = {}
+        """Seconds of each phase of the swap in progress (reported with its result in the ready details)."""
 
     # ---- lifecycle
 
@@ -226,6 +228,7 @@ class ChannelFollower:
         if pointer.etag is not None and pointer.etag == self._failed_etag:
             return  # this exact pointer failed already; wait for the next move
         started = time.perf_counter()
+        self._phases = {}
         rolled_back = self.engines.rollback(pointer.version)
         if rolled_back is not None and rolled_back.digest == pointer.bundle_digest:
             seconds = time.perf_counter() - started
@@ -245,6 +248,7 @@ class ChannelFollower:
                 "phase": error.phase,
                 "error": str(error),
                 "at": time.time(),
+                "phase_seconds": dict(self._phases),
             }
             serving = current.version if current else "nothing"
             logger.error("version %s refused (%s): %s; still serving %s", pointer.version, error.phase, error, serving)
@@ -268,7 +272,9 @@ class ChannelFollower:
         except Exception as error:  # whatever breaks a phase refuses the version; serving goes on
             raise SwapError(name, f"{type(error).__name__}: {error}") from error
         finally:
-            self.observer.phase_seconds(name, time.perf_counter() - began)
+            seconds = time.perf_counter() - began
+            self._phases[name] = round(seconds, 4)
+            self.observer.phase_seconds(name, seconds)
 
     def stage(self, pointer: ChannelPointer) -> LoadedEngine:
         """Download, verify, check, build, warm and replay a version; the engine it returns is ready to swap."""
@@ -336,6 +342,7 @@ class ChannelFollower:
             "version": engine.version,
             "rollback": rollback,
             "seconds": round(seconds, 4),
+            "phase_seconds": dict(self._phases),
             "pointer_updated_at": pointer.updated_at,
             "at": time.time(),
         }

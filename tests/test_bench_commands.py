@@ -174,7 +174,7 @@ def test_serve_load_runs_every_phase_and_reports_the_targets(tiny_build, tmp_pat
     swaps = report["cpu"]["swaps"]
     assert swaps["server_cores"] > 0 and "int8-batcher" in swaps["server_threads_cores"]
     assert swaps["rows_per_s"] > 0 and swaps["engine_ms_per_row"] > 0
-    assert "Where the cores went" in table
+    assert "Where the cores went" in table and "Seconds per phase of each served swap" in table
     assert report["raw_engine_passes"]["start"] and report["raw_engine_passes"]["end"]
     # the swap phase split into requests sent while staging and in the quiet gaps between moves
     phases = report["phases"]

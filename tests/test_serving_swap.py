@@ -60,7 +60,12 @@ def test_a_new_version_serves_within_the_poll_interval_plus_two_seconds(setup):
     assert time.monotonic() - moved <= POLL_S + 2.0
     status, served_by, _body = classify(server)
     assert status == 200 and served_by == second
-    assert server.ready()["last_swap"]["rollback"] is False
+    swap = server.ready()["last_swap"]
+    assert swap["rollback"] is False
+    # where the swap's time went, phase by phase, in the ready details (the metrics only sum them up)
+    phases = swap["phase_seconds"]
+    assert list(phases) == ["download", "verify", "compatibility", "build", "warm", "golden", "swap"]
+    assert sum(phases.values()) <= swap["seconds"] + 0.01
 
 
 def test_a_rollback_to_the_resident_previous_version_takes_under_a_second(setup):
@@ -99,6 +104,7 @@ def test_a_bad_version_is_refused_and_the_old_engine_keeps_answering(setup, seaw
     ready = server.ready()
     assert ready["version"] == serving and ready["last_failure"]["version"] == version
     assert ready["last_failure"]["phase"] == phase
+    assert list(ready["last_failure"]["phase_seconds"])[-1] == phase  # the phases it got through, then this one
     status, served_by, _body = classify(server)
     assert status == 200 and served_by == serving
     time.sleep(3 * POLL_S)  # not retried while the pointer stays where it is
