@@ -52,11 +52,13 @@ def _children(pid: int) -> list[int]:
     return found + [grandchild for child in found for grandchild in _children(child)]
 
 
-def process_cpu_seconds(pid: int, with_children: bool = False) -> float:
-    total = _cpu_seconds(Path(f"/proc/{pid}/stat")) or 0.0
-    if with_children:
-        total += sum(_cpu_seconds(Path(f"/proc/{child}/stat")) or 0.0 for child in _children(pid))
-    return total
+def process_cpu_seconds(pid: int) -> float:
+    return _cpu_seconds(Path(f"/proc/{pid}/stat")) or 0.0
+
+
+def children_cpu_seconds(pid: int) -> float:
+    """CPU seconds of the live descendants of ``pid``."""
+    return sum(process_cpu_seconds(child) for child in _children(pid))
 
 
 def thread_cpu_seconds(pid: int) -> dict[str, float]:
@@ -128,8 +130,7 @@ class CpuTimeline:
         self.others[name] = pid
 
     def sample(self) -> None:
-        processes = {"server children (fetch process)": process_cpu_seconds(self.server_pid, True)}
-        processes["server children (fetch process)"] -= process_cpu_seconds(self.server_pid)
+        processes = {"server children (fetch process)": children_cpu_seconds(self.server_pid)}
         processes.update({name: process_cpu_seconds(pid) for name, pid in dict(self.others).items()})
         try:
             counters = server_counters(self.url)
