@@ -44,24 +44,37 @@ def _test_accuracy(teacher, data) -> float:
     return accuracy(logits.argmax(-1), test.labels)
 
 
-def _train(teacher_config, data, out_dir: Path, log) -> dict:
-    """Train one teacher (or reuse a finished one with the same config) and summarise it."""
+def _train(teacher_config, data, out_dir: Path, summary_file: Path, log) -> dict:
+    """Train one teacher (or reuse a finished one with the same config) and summarise it.
+
+    The summary (a few hundred bytes: config, curve, accuracies) goes to ``summary_file``, which lives in
+    the repository (``bench/results/teacher-grid-cells``) so that a grid continues across machines and
+    sessions; the weights under ``out_dir`` are deleted."""
+    from tasks.config import TeacherConfig
     from tasks.teacher import train_teacher
 
-    summary_file = out_dir / "cell.json"
     wanted = teacher_config.model_dump(mode="json")
     if summary_file.is_file():
         summary = json.loads(summary_file.read_text())
-        if summary["config"] == wanted and summary["data_fingerprint"] == data.fingerprint:
-            log(f"{out_dir.name}: reusing the finished cell")
+        # Validated again so a summary written before a config field existed compares with its default.
+        cached = TeacherConfig.model_validate(summary["config"]).model_dump(mode="json")
+        if cached == wanted and summary["data_fingerprint"] == data.fingerprint:
+            log(f"{summary_file.stem}: reusing the finished cell")
             return summary
     started = time.perf_counter()
-    teacher = train_teacher(teacher_config, data, out_dir, log=lambda message: log(f"{out_dir.name}: {message}"))
+    name = summary_file.stem
+    teacher = train_teacher(teacher_config, data, out_dir, log=lambda message: log(f"{name}: {message}"))
     summary = _summarise(teacher, data, time.perf_counter() - started)
     summary.update(config=wanted, data_fingerprint=data.fingerprint)
     shutil.rmtree(teacher.model_dir, ignore_errors=True)  # ~90 MB a cell; the numbers are what we keep
-    summary_file.write_text(json.dumps(summary, indent=2))
+    summary_file.parent.mkdir(parents=True, exist_ok=True)
+    summary_file.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _slug(override: str) -> str:
+    key, _, value = override.partition("=")
+    return f"{key.rsplit('.', 1)[-1]}{value}".replace("/", "_")
 
 
 def _summarise(teacher, data, seconds: float) -> dict:
@@ -75,6 +88,11 @@ def _summarise(teacher, data, seconds: float) -> dict:
         "curve": [round(record["eval_accuracy"], 4) for record in teacher.history],
         "seconds": seconds,
     }
+
+
+def _with(default: dict) -> str:
+    overrides = default.get("overrides") or []
+    return " with " + ", ".join(f"`{override}`" for override in overrides) if overrides else ""
 
 
 def render_markdown(result: dict) -> str:
@@ -107,7 +125,7 @@ def render_markdown(result: dict) -> str:
     delta = 100 * (default["eval_accuracy"] - best["eval_accuracy"]) + 0.0  # + 0.0: no "-0.00"
     lines += [
         "",
-        f"Default recipe (train until eval stops improving, lr {default['learning_rate']:g}): eval "
+        f"Default recipe{_with(default)} (train until eval stops improving, lr {default['learning_rate']:g}): eval "
         f"**{100 * default['eval_accuracy']:.2f}%** [test {100 * default['test_accuracy']:.2f}%], "
         f"{default['epochs_trained']} epochs (best {default['best_epoch']}), stopped: {default['stop_reason']}, "
         f"{default['seconds'] / 60:.1f} min. Eval curve: {', '.join(f'{100 * v:.1f}' for v in default['curve'])}.",
@@ -125,7 +143,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, nargs="+", default=list(DEFAULT_EPOCHS))
     parser.add_argument("--learning-rates", type=float, nargs="+", default=list(DEFAULT_RATES))
     parser.add_argument("--default-from", type=Path, default=None, help="a finished run whose teacher to reuse")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for the default recipe only (a candidate recipe against the same grid)",
+    )
     parser.add_argument("--work", type=Path, default=Path(".state/bench/teacher-grid"))
+    parser.add_argument(
+        "--cells",
+        type=Path,
+        default=Path("bench/results/teacher-grid-cells"),
+        help="where each cell's summary is kept and reused (in the repository: a grid continues anywhere)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="without suffix; .json and .md are written")
     arguments = parser.parse_args(argv)
 
@@ -136,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config = load_config(arguments.config)
+        recipe = load_config(arguments.config, arguments.overrides)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -148,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, flush=True)
 
+    if arguments.default_from is not None and arguments.overrides:
+        print("error: --set changes the default recipe, which --default-from reuses as it ran", file=sys.stderr)
+        return 2
     if arguments.default_from is not None:
         run = arguments.default_from
         reused = PreparedData(**json.loads((run / "data" / "data.json").read_text()))
@@ -156,9 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         teacher = TeacherResult(**json.loads((run / "teacher" / "teacher.json").read_text()))
         default = _summarise(teacher, reused, teacher.seconds)
-    else:
-        default = _train(config.teacher, data, work / "default", log)
     cells = []
+    summaries = arguments.cells / config.model_name
     for rate in arguments.learning_rates:
         for epochs in arguments.epochs:
             training = config.teacher.training.model_copy(
@@ -171,8 +206,13 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
             cell_config = config.teacher.model_copy(update={"training": training})
-            cell = _train(cell_config, data, work / f"e{epochs}-lr{rate:g}", log)
+            name = f"e{epochs}-lr{rate:g}"
+            cell = _train(cell_config, data, work / name, summaries / f"{name}.json", log)
             cells.append({**cell, "epochs": epochs, "learning_rate": rate})
+    if arguments.default_from is None:  # after the cells: an interrupted grid keeps what it finished
+        name = "default" + "".join("-" + _slug(override) for override in arguments.overrides)
+        default = _train(recipe.teacher, data, work / name, summaries / f"{name}.json", log)
+    default["overrides"] = arguments.overrides
     result = {
         "dataset": config.data.source,
         "model_name": config.model_name,

@@ -152,7 +152,12 @@ class TrainingConfig(_Section):
     """An epoch improves only if its eval accuracy beats the last improvement by more than this (a share:
     0.001 = 0.1 points), so noise-level wiggles do not prolong training. The best epoch is kept either way."""
     decay_epochs: int = Field(default=1, gt=0)
-    """``plateau``: epochs of linear decay to zero after the plateau (or at the end of the ceiling)."""
+    """``plateau``: epochs of linear decay to zero after the last plateau (or at the end of the ceiling)."""
+    plateau_reductions: int = Field(default=0, ge=0)
+    """``plateau``: how many plateaus cut the learning rate by ``reduction_factor`` and train on (the
+    patience starts again at the lower rate) before the next plateau decays to zero and stops."""
+    reduction_factor: float = Field(default=0.3, gt=0.0, lt=1.0)
+    """``plateau``: the factor each of ``plateau_reductions`` applies to the learning rate."""
     processes: int = Field(default=1, ge=1)
     """Data-parallel worker processes for this training stage, launched with ``torchrun`` (one per GPU,
     NCCL; on CPU, gloo). batch_size is per process: the global batch is batch_size x processes."""

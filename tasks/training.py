@@ -99,6 +99,8 @@ class LearningRateSchedule:
     warmup_steps: int
     decay_start: int | None = None
     decay_steps: int = 0
+    scale: float = 1.0
+    """The held rate is ``peak * scale``: a plateau that reduces the rate multiplies it."""
 
     def rate(self, step: int) -> float:
         """Learning rate of optimizer step ``step`` (0-based)."""
@@ -108,7 +110,7 @@ class LearningRateSchedule:
         if self.decay_start is not None and step >= self.decay_start:
             remaining = self.decay_start + self.decay_steps - step
             factor = min(factor, max(0.0, remaining / max(1, self.decay_steps)))
-        return self.peak * factor
+        return self.peak * self.scale * factor
 
     def decay_done(self, step: int) -> bool:
         return self.decay_start is not None and step >= self.decay_start + self.decay_steps
@@ -362,6 +364,7 @@ def fine_tune(
     reference, reference_epoch, stale_epochs = baseline_accuracy, 0, 0  # the last significant improvement
     stop: tuple[str, str] | None = None
     decay_reason: tuple[str, str] | None = None
+    reductions: list[str] = []  # plateaus that cut the rate (plateau_reductions)
     first_epoch = 1
     resumed = _load_trainer_state(checkpoint_dir, job_fingerprint)
     if resumed is not None:
@@ -377,6 +380,7 @@ def fine_tune(
         best_accuracy, best_epoch = resumed["best_accuracy"], resumed["best_epoch"]
         reference, reference_epoch, stale_epochs = resumed["reference"], resumed["reference_epoch"], resumed["stale"]
         decay_reason = tuple(resumed["decay_reason"]) if resumed["decay_reason"] else None  # type: ignore[assignment]
+        reductions = list(resumed["reductions"])
         stop = tuple(resumed["stop"]) if resumed["stop"] else None  # type: ignore[assignment]
         first_epoch = resumed["epoch"] + 1
         log(f"resuming after epoch {resumed['epoch']} from {checkpoint_dir}")
@@ -403,6 +407,8 @@ def fine_tune(
             break
         epoch_started = time.perf_counter()
         phase = "linear" if not plateau else "decay" if schedule.decay_start is not None else "stable"
+        if phase == "stable" and schedule.scale < 1.0:
+            phase = "reduced"
         losses = stepper.run(_epoch_batches(train, encoder, config, config.seed + epoch, steps_per_epoch))
         logits = predict_logits(model, evaluation, encoder, config.eval_batch_size, device)
         record = EpochRecord(
@@ -430,11 +436,18 @@ def fine_tune(
         if plateau and schedule.decay_start is None:
             patience_ran_out = stale_epochs >= (config.early_stopping_patience or 0)
             if patience_ran_out and stepper.step >= config.min_steps:
-                decay_reason = (
-                    "plateau",
+                plateau_detail = (
                     f"eval accuracy did not improve by more than {100 * config.early_stopping_min_delta:.2f} points "
-                    f"for {stale_epochs} epochs after epoch {reference_epoch} ({100 * reference:.2f}%)",
+                    f"for {stale_epochs} epochs after epoch {reference_epoch} ({100 * reference:.2f}%)"
                 )
+                if len(reductions) < config.plateau_reductions and epoch + config.decay_epochs < last_epoch:
+                    schedule.scale *= config.reduction_factor
+                    stale_epochs = 0  # the patience starts again at the lower rate
+                    reductions.append(f"after epoch {epoch} the rate was cut to {learning_rate * schedule.scale:.3g}")
+                    log(f"{plateau_detail}: cutting the learning rate to {learning_rate * schedule.scale:.3g}")
+                else:
+                    earlier = f" ({'; '.join(reductions)})" if reductions else ""
+                    decay_reason = ("plateau", plateau_detail + earlier)
             elif epoch + config.decay_epochs >= last_epoch:
                 decay_reason = (
                     "ceiling",
@@ -470,6 +483,7 @@ def fine_tune(
                     "reference_epoch": reference_epoch,
                     "stale": stale_epochs,
                     "decay_reason": list(decay_reason) if decay_reason else None,
+                    "reductions": reductions,
                     "stop": list(stop) if stop else None,
                 },
             )

@@ -98,7 +98,7 @@ def test_teacher_grid_trains_every_cell_and_compares_the_default_recipe(tmp_path
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(mapping))
     arguments = ["--config", str(config), "--epochs", "1", "2", "--learning-rates", "1e-3", "3e-3"]
-    arguments += ["--work", str(tmp_path / "work"), "--out", str(tmp_path / "grid")]
+    arguments += ["--work", str(tmp_path / "work"), "--cells", str(tmp_path / "cells"), "--out", str(tmp_path / "grid")]
     assert main(arguments) == 0
     result = json.loads((tmp_path / "grid.json").read_text())
     cells = {(cell["epochs"], cell["learning_rate"]): cell for cell in result["cells"]}
@@ -114,6 +114,12 @@ def test_teacher_grid_trains_every_cell_and_compares_the_default_recipe(tmp_path
     capsys.readouterr()
     assert main(arguments) == 0  # a second call reuses every finished cell
     assert capsys.readouterr().out.count("reusing the finished cell") == 5
+    assert len(list((tmp_path / "cells").glob("*/*.json"))) == 5  # the summaries a grid continues from
+    # A candidate recipe against the same grid: only the default recipe trains again, under its own name.
+    assert main([*arguments, "--set", "teacher.training.plateau_reductions=1"]) == 0
+    output = capsys.readouterr().out
+    assert output.count("reusing the finished cell") == 4 and "default-plateau_reductions1: " in output
+    assert "with `teacher.training.plateau_reductions=1`" in (tmp_path / "grid.md").read_text()
 
 
 def test_golden_variation_measures_the_bundle_through_other_kernels(tiny_build, capsys):

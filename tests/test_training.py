@@ -23,6 +23,15 @@ def test_schedule_warms_up_holds_then_decays_to_zero():
     assert early.rate(3) == pytest.approx(0.4) and early.rate(5) == pytest.approx(0.25) and early.rate(6) == 0.0
 
 
+def test_a_reduced_schedule_holds_the_lower_rate_and_decays_from_it():
+    from tasks.training import LearningRateSchedule
+
+    schedule = LearningRateSchedule(peak=1.0, warmup_steps=2, scale=0.5)
+    assert [schedule.rate(step) for step in (0, 1, 100)] == [0.25, 0.5, 0.5]
+    schedule.decay_start, schedule.decay_steps = 10, 4
+    assert [schedule.rate(step) for step in range(10, 15)] == [0.5, 0.375, 0.25, 0.125, 0.0]
+
+
 def test_linear_schedule_matches_the_classic_warmup_then_linear_decay():
     import torch
     from transformers import get_linear_schedule_with_warmup
@@ -103,6 +112,33 @@ def test_a_teacher_still_improving_trains_past_the_old_epoch_count_and_stops_on_
     assert "Stopped: **plateau**" in report and f"after epoch {last_gain}" in report
     assert f"| {teacher.best_epoch} (kept) |" in report
     assert any(m.startswith("stopped (plateau)") for m in messages)
+
+
+def test_a_plateau_that_cuts_the_rate_trains_on_at_the_lower_rate_until_the_next_plateau(tiny_teacher_setup):
+    from tasks.teacher import train_teacher
+
+    root, config, data = tiny_teacher_setup
+    teacher_config = _teacher_config(config, plateau_reductions=1, reduction_factor=0.3, early_stopping_patience=2)
+    teacher = train_teacher(teacher_config, data, root / "reduced", log=lambda _: None)
+    assert teacher.stop_reason == "plateau", teacher.stop_detail
+    phases = [r["phase"] for r in teacher.history]
+    curve = [r["eval_accuracy"] for r in teacher.history]
+    # Read the rule off the curve: stable until the first plateau (patience epochs after the last gain),
+    # then the reduced rate with the patience counted afresh, then one decay epoch after the second plateau.
+    reference, last_gain, first_plateau = -1.0, 0, 0
+    for epoch, value in enumerate(curve, 1):
+        if value > reference + 0.001:
+            reference, last_gain = value, epoch
+        elif not first_plateau and epoch - last_gain >= 2:
+            first_plateau = epoch
+    assert first_plateau, curve
+    assert phases[:first_plateau] == ["stable"] * first_plateau
+    reduced = phases[first_plateau:-1]
+    assert len(reduced) >= 2 and set(reduced) == {"reduced"} and phases[-1] == "decay", phases
+    assert len(curve) == max(first_plateau, last_gain) + 2 + 1
+    held = [r["learning_rate"] for r in teacher.history if r["phase"] == "reduced"]
+    assert held == pytest.approx([0.3 * 5e-4] * len(held))
+    assert f"after epoch {first_plateau} the rate was cut to 0.00015" in teacher.stop_detail
 
 
 def test_a_teacher_cut_by_the_ceiling_while_improving_is_reported_with_a_warning(tiny_teacher_setup):
