@@ -367,11 +367,18 @@ class ChannelFollower:
         record = json.loads(path.read_text())
         if record.get("model") != self.settings.model_name:
             return
+        self._phases = {}
         try:
             engine = self._load(Path(record["directory"]), record["version"], record["digest"], source="local copy")
         except SwapError as failure:
             logger.error("last verified local copy %s fails now (%s): %s", record["directory"], failure.phase, failure)
-            self.status.last_failure = {"version": record["version"], "phase": failure.phase, "error": str(failure)}
+            self.status.last_failure = {
+                "version": record["version"],
+                "phase": failure.phase,
+                "error": str(failure),
+                "at": time.time(),
+                "phase_seconds": dict(self._phases),
+            }
             return
         self.engines.swap(engine)
         self.observer.swap_result("local_copy")

@@ -151,8 +151,12 @@ class TrainingConfig(_Section):
     early_stopping_min_delta: float = Field(default=0.001, ge=0.0, lt=1.0)
     """An epoch improves only if its eval accuracy beats the last improvement by more than this (a share:
     0.001 = 0.1 points), so noise-level wiggles do not prolong training. The best epoch is kept either way."""
-    decay_epochs: int = Field(default=1, gt=0)
-    """``plateau``: epochs of linear decay to zero after the last plateau (or at the end of the ceiling)."""
+    decay_epochs: int = Field(default=1, ge=0)
+    """``plateau``: epochs of linear decay to zero after the last plateau (or at the end of the ceiling);
+    0 stops at the plateau."""
+    rate_decay_per_epoch: float = Field(default=1.0, gt=0.0, le=1.0)
+    """``plateau``: after warmup the held rate falls by this factor per epoch (smoothly, every step) while eval
+    improves, so no epoch count is planned and yet the rate anneals; 1.0 holds it constant."""
     plateau_reductions: int = Field(default=0, ge=0)
     """``plateau``: how many plateaus cut the learning rate by ``reduction_factor`` and train on (the
     patience starts again at the lower rate) before the next plateau decays to zero and stops."""

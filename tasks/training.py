@@ -50,7 +50,8 @@ class EpochRecord:
     learning_rate: float = 0.0
     """Learning rate of the epoch's last optimizer step."""
     phase: str = ""
-    """``stable`` or ``decay`` (plateau schedule), ``linear`` (linear schedule)."""
+    """``stable`` (held rate), ``falling`` (rate_decay_per_epoch), ``reduced`` (after a plateau cut it) or
+    ``decay`` (plateau schedule); ``linear`` (linear schedule)."""
 
 
 @dataclass(frozen=True)
@@ -93,24 +94,29 @@ class TrainingOutcome:
 
 @dataclass
 class LearningRateSchedule:
-    """Piecewise linear: warmup to ``peak``, hold, and (once ``decay_start`` is set) decay to zero."""
+    """Warmup to ``peak``; then the held level (``peak * scale``, multiplied by ``per_step`` after every
+    step: 1.0 holds it constant); once ``decay_start`` is set, a linear decay from the level reached to zero."""
 
     peak: float
     warmup_steps: int
     decay_start: int | None = None
     decay_steps: int = 0
     scale: float = 1.0
-    """The held rate is ``peak * scale``: a plateau that reduces the rate multiplies it."""
+    """A plateau that reduces the rate multiplies it (``plateau_reductions``)."""
+    per_step: float = 1.0
+    """Exponential decay of the held level per optimizer step after warmup (``rate_decay_per_epoch``)."""
 
     def rate(self, step: int) -> float:
         """Learning rate of optimizer step ``step`` (0-based)."""
+        held = step if self.decay_start is None else min(step, self.decay_start)
+        level = self.scale * self.per_step ** max(0, held - self.warmup_steps)
         factor = 1.0
         if step < self.warmup_steps:
             factor = (step + 1) / self.warmup_steps
         if self.decay_start is not None and step >= self.decay_start:
             remaining = self.decay_start + self.decay_steps - step
             factor = min(factor, max(0.0, remaining / max(1, self.decay_steps)))
-        return self.peak * self.scale * factor
+        return self.peak * level * factor
 
     def decay_done(self, step: int) -> bool:
         return self.decay_start is not None and step >= self.decay_start + self.decay_steps
@@ -348,7 +354,9 @@ def fine_tune(
     if plateau:
         last_epoch = max(config.epochs, min_epochs + config.decay_epochs)
         schedule = LearningRateSchedule(
-            config.learning_rate, int(config.warmup_ratio * max(config.min_steps, steps_per_epoch))
+            config.learning_rate,
+            int(config.warmup_ratio * max(config.min_steps, steps_per_epoch)),
+            per_step=config.rate_decay_per_epoch ** (1 / steps_per_epoch),
         )
     else:
         last_epoch = max(config.epochs, min_epochs)
@@ -388,7 +396,9 @@ def fine_tune(
         learning_rate, rate_reason, probe = _probe_learning_rate(
             stepper, train, evaluation, encoder, config, steps_per_epoch, log
         )
-        schedule = stepper.schedule = LearningRateSchedule(learning_rate, schedule.warmup_steps, None, 0)
+        schedule = stepper.schedule = LearningRateSchedule(
+            learning_rate, schedule.warmup_steps, None, 0, per_step=schedule.per_step
+        )
         if not plateau:  # the linear plan restarts its decay after the probe's steps
             total = stepper.step + last_epoch * steps_per_epoch
             schedule.decay_start, schedule.decay_steps = stepper.step, total - stepper.step
@@ -409,6 +419,8 @@ def fine_tune(
         phase = "linear" if not plateau else "decay" if schedule.decay_start is not None else "stable"
         if phase == "stable" and schedule.scale < 1.0:
             phase = "reduced"
+        elif phase == "stable" and schedule.per_step < 1.0:
+            phase = "falling"
         losses = stepper.run(_epoch_batches(train, encoder, config, config.seed + epoch, steps_per_epoch))
         logits = predict_logits(model, evaluation, encoder, config.eval_batch_size, device)
         record = EpochRecord(
@@ -455,7 +467,9 @@ def fine_tune(
                     f"improving (last gain above {100 * config.early_stopping_min_delta:.2f} points at epoch "
                     f"{reference_epoch})",
                 )
-            if decay_reason is not None:
+            if decay_reason is not None and config.decay_epochs == 0:
+                stop = (decay_reason[0], f"{decay_reason[1]}; training stopped after epoch {epoch}")
+            elif decay_reason is not None:
                 schedule.decay_start, schedule.decay_steps = stepper.step, config.decay_epochs * steps_per_epoch
                 log(f"{decay_reason[1]}: decaying the learning rate to zero over {config.decay_epochs} epoch(s)")
         elif plateau and schedule.decay_done(stepper.step):

@@ -178,3 +178,31 @@ def test_a_restart_without_the_store_serves_the_last_verified_local_copy(setup):
     finally:
         offline.stop()
         server.start()  # later tests (none today) get the module's server back
+
+
+def test_a_restart_without_the_store_refuses_a_tampered_local_copy_and_says_where(setup):
+    from serving.follower import LAST_VERIFIED
+
+    server, _publisher, _first, root, settings = setup
+    server.stop()
+    record = json.loads((root / "state" / LAST_VERIFIED).read_text())
+    manifest = json.loads((root / "state" / "versions" / record["version"] / "manifest.json").read_text())
+    engine = root / "state" / "versions" / record["version"] / manifest["engine_file"]
+    original = engine.read_bytes()
+    engine.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    unreachable = {**settings, "store": {**settings["store"], "endpoint_url": "http://127.0.0.1:9"}}
+    offline = ServerProcess(root / "offline-tampered", unreachable).start(wait_ready=False)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "last_failure" not in offline.ready():
+            time.sleep(0.1)
+        status, _headers, body = offline.get("/v2/health/ready")
+        ready = json.loads(body)
+        assert status == 503 and ready.get("version") is None, ready
+        failure = ready["last_failure"]
+        assert failure["version"] == record["version"] and failure["phase"] == "verify", failure
+        assert manifest["engine_file"] in failure["error"] and list(failure["phase_seconds"]) == ["verify"]
+    finally:
+        offline.stop()
+        engine.write_bytes(original)
+        server.start()

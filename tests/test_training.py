@@ -32,6 +32,15 @@ def test_a_reduced_schedule_holds_the_lower_rate_and_decays_from_it():
     assert [schedule.rate(step) for step in range(10, 15)] == [0.5, 0.375, 0.25, 0.125, 0.0]
 
 
+def test_a_falling_schedule_anneals_per_step_and_decays_from_the_level_reached():
+    from tasks.training import LearningRateSchedule
+
+    schedule = LearningRateSchedule(peak=1.0, warmup_steps=2, per_step=0.5)
+    assert [schedule.rate(step) for step in range(5)] == [0.5, 1.0, 1.0, 0.5, 0.25]  # falls after warmup
+    schedule.decay_start, schedule.decay_steps = 4, 2
+    assert [schedule.rate(step) for step in range(4, 8)] == [0.25, 0.125, 0.0, 0.0]
+
+
 def test_linear_schedule_matches_the_classic_warmup_then_linear_decay():
     import torch
     from transformers import get_linear_schedule_with_warmup
@@ -139,6 +148,25 @@ def test_a_plateau_that_cuts_the_rate_trains_on_at_the_lower_rate_until_the_next
     held = [r["learning_rate"] for r in teacher.history if r["phase"] == "reduced"]
     assert held == pytest.approx([0.3 * 5e-4] * len(held))
     assert f"after epoch {first_plateau} the rate was cut to 0.00015" in teacher.stop_detail
+
+
+def test_a_falling_rate_stops_at_the_plateau_without_a_decay_epoch(tiny_teacher_setup):
+    from tasks.teacher import train_teacher
+
+    root, config, data = tiny_teacher_setup
+    teacher_config = _teacher_config(config, rate_decay_per_epoch=0.7, decay_epochs=0, early_stopping_patience=2)
+    teacher = train_teacher(teacher_config, data, root / "falling", log=lambda _: None)
+    assert teacher.stop_reason == "plateau", teacher.stop_detail
+    curve = [r["eval_accuracy"] for r in teacher.history]
+    reference, last_gain = -1.0, 0
+    for epoch, value in enumerate(curve, 1):
+        if value > reference + 0.001:
+            reference, last_gain = value, epoch
+    assert len(curve) == last_gain + 2  # stopped at the plateau: no decay epoch
+    assert {r["phase"] for r in teacher.history} == {"falling"}
+    rates = [r["learning_rate"] for r in teacher.history]
+    assert rates[1:] == pytest.approx([rate * 0.7 for rate in rates[:-1]], rel=1e-6)  # x0.7 per epoch
+    assert teacher.stop_detail.endswith(f"training stopped after epoch {len(curve)}")
 
 
 def test_a_teacher_cut_by_the_ceiling_while_improving_is_reported_with_a_warning(tiny_teacher_setup):
