@@ -65,11 +65,19 @@ def _train(teacher_config, data, out_dir: Path, summary_file: Path, log) -> dict
     name = summary_file.stem
     teacher = train_teacher(teacher_config, data, out_dir, log=lambda message: log(f"{name}: {message}"))
     summary = _summarise(teacher, data, time.perf_counter() - started)
-    summary.update(config=wanted, data_fingerprint=data.fingerprint)
+    summary.update(config=wanted, data_fingerprint=data.fingerprint, recorded_by=_recorded_by())
     shutil.rmtree(teacher.model_dir, ignore_errors=True)  # ~90 MB a cell; the numbers are what we keep
     summary_file.parent.mkdir(parents=True, exist_ok=True)
     summary_file.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _recorded_by() -> str:
+    import torch
+
+    from enginekit.hardware import cpu_model
+
+    return f"{datetime.now(UTC):%Y-%m-%d}, {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def _slug(override: str) -> str:
@@ -210,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             cell = _train(cell_config, data, work / name, summaries / f"{name}.json", log)
             cells.append({**cell, "epochs": epochs, "learning_rate": rate})
     if arguments.default_from is None:  # after the cells: an interrupted grid keeps what it finished
-        name = "default" + "".join("-" + _slug(override) for override in arguments.overrides)
+        name = "-".join(["candidate", *map(_slug, arguments.overrides)]) if arguments.overrides else "default"
         default = _train(recipe.teacher, data, work / name, summaries / f"{name}.json", log)
     default["overrides"] = arguments.overrides
     result = {

@@ -118,7 +118,7 @@ def test_teacher_grid_trains_every_cell_and_compares_the_default_recipe(tmp_path
     # A candidate recipe against the same grid: only the default recipe trains again, under its own name.
     assert main([*arguments, "--set", "teacher.training.plateau_reductions=1"]) == 0
     output = capsys.readouterr().out
-    assert output.count("reusing the finished cell") == 4 and "default-plateau_reductions1: " in output
+    assert output.count("reusing the finished cell") == 4 and "candidate-plateau_reductions1: " in output
     assert "with `teacher.training.plateau_reductions=1`" in (tmp_path / "grid.md").read_text()
 
 
