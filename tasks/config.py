@@ -125,11 +125,16 @@ class TrainingConfig(_Section):
     epochs: int = Field(default=20, gt=0)
     """Ceiling on epochs (schedule ``plateau``: training normally ends earlier, when eval stops improving,
     and a warning says so when it did not), or the planned length (schedule ``linear``)."""
-    schedule: Literal["plateau", "linear"] = "plateau"
+    schedule: Literal["plateau", "linear", "anneal"] = "plateau"
     """``plateau``: linear warmup, constant learning rate while eval accuracy improves; once it has not
     improved by more than early_stopping_min_delta for early_stopping_patience epochs, a linear decay to
     zero over decay_epochs epochs, then stop (no epoch count is planned). ``linear``: warmup, then linear
-    decay to zero at the end of ``epochs`` (the classic fixed-length schedule)."""
+    decay to zero at the end of ``epochs`` (the classic fixed-length schedule). ``anneal``: warmup, then a
+    linear decay to zero at the end of a plan of ``horizon_epochs``; while eval accuracy still improves near
+    the plan's end (a gain within early_stopping_patience epochs), the plan is extended by half (up to the
+    ``epochs`` ceiling) and the decay re-planned from the rate reached; training stops where the plan ends."""
+    horizon_epochs: int = Field(default=6, gt=0)
+    """``anneal``: the first plan's length in epochs (at least min_steps); extended while eval improves."""
     min_steps: int = Field(default=500, ge=0)
     """Train at least this many optimizer steps before stopping: on a small dataset an epoch is few steps,
     so a plateau of a few epochs would stop it too early (``linear``: extends the planned epochs)."""
@@ -168,11 +173,10 @@ class TrainingConfig(_Section):
 
     @model_validator(mode="after")
     def _schedule_fits(self) -> TrainingConfig:
-        if self.schedule == "plateau":
-            if self.early_stopping_patience is None:
-                raise ValueError("schedule 'plateau' needs early_stopping_patience (epochs that make a plateau)")
-            if self.decay_epochs >= self.epochs:
-                raise ValueError(f"decay_epochs ({self.decay_epochs}) must be below the epochs ceiling ({self.epochs})")
+        if self.schedule in ("plateau", "anneal") and self.early_stopping_patience is None:
+            raise ValueError(f"schedule '{self.schedule}' needs early_stopping_patience (epochs that make a plateau)")
+        if self.schedule == "plateau" and self.decay_epochs >= self.epochs:
+            raise ValueError(f"decay_epochs ({self.decay_epochs}) must be below the epochs ceiling ({self.epochs})")
         return self
 
 

@@ -351,6 +351,9 @@ def fine_tune(
     steps_per_epoch = max(1, ((len(train) + config.batch_size - 1) // config.batch_size) // world_size)
     min_epochs = -(-config.min_steps // steps_per_epoch)
     plateau = config.schedule == "plateau"
+    anneal = config.schedule == "anneal"
+    horizon = 0  # anneal: the planned epochs (extended while eval improves)
+    extensions: list[str] = []
     if plateau:
         last_epoch = max(config.epochs, min_epochs + config.decay_epochs)
         schedule = LearningRateSchedule(
@@ -358,6 +361,12 @@ def fine_tune(
             int(config.warmup_ratio * max(config.min_steps, steps_per_epoch)),
             per_step=config.rate_decay_per_epoch ** (1 / steps_per_epoch),
         )
+    elif anneal:
+        last_epoch = max(config.epochs, min_epochs)
+        horizon = min(last_epoch, max(config.horizon_epochs, min_epochs))
+        total = horizon * steps_per_epoch
+        warmup = int(config.warmup_ratio * total)
+        schedule = LearningRateSchedule(config.learning_rate, warmup, decay_start=warmup, decay_steps=total - warmup)
     else:
         last_epoch = max(config.epochs, min_epochs)
         total = last_epoch * steps_per_epoch
@@ -389,6 +398,7 @@ def fine_tune(
         reference, reference_epoch, stale_epochs = resumed["reference"], resumed["reference_epoch"], resumed["stale"]
         decay_reason = tuple(resumed["decay_reason"]) if resumed["decay_reason"] else None  # type: ignore[assignment]
         reductions = list(resumed["reductions"])
+        horizon, extensions = resumed["horizon"], list(resumed["extensions"])
         stop = tuple(resumed["stop"]) if resumed["stop"] else None  # type: ignore[assignment]
         first_epoch = resumed["epoch"] + 1
         log(f"resuming after epoch {resumed['epoch']} from {checkpoint_dir}")
@@ -400,7 +410,7 @@ def fine_tune(
             learning_rate, schedule.warmup_steps, None, 0, per_step=schedule.per_step
         )
         if not plateau:  # the linear plan restarts its decay after the probe's steps
-            total = stepper.step + last_epoch * steps_per_epoch
+            total = stepper.step + (horizon if anneal else last_epoch) * steps_per_epoch
             schedule.decay_start, schedule.decay_steps = stepper.step, total - stepper.step
     log(f"learning rate {learning_rate:g}: {rate_reason}")
 
@@ -408,7 +418,7 @@ def fine_tune(
         if stop is not None:  # resumed after the epoch that ended the run
             break
         if (
-            not plateau
+            config.schedule == "linear"
             and config.early_stopping_patience is not None
             and stale_epochs >= config.early_stopping_patience
         ):
@@ -416,7 +426,7 @@ def fine_tune(
             log(f"early stop: no eval improvement for {stale_epochs} epoch(s)")
             break
         epoch_started = time.perf_counter()
-        phase = "linear" if not plateau else "decay" if schedule.decay_start is not None else "stable"
+        phase = config.schedule if not plateau else "decay" if schedule.decay_start is not None else "stable"
         if phase == "stable" and schedule.scale < 1.0:
             phase = "reduced"
         elif phase == "stable" and schedule.per_step < 1.0:
@@ -432,7 +442,11 @@ def fine_tune(
             phase=phase,
         )
         history.append(record)
-        ceiling_note = f" (ceiling {last_epoch}, {phase})" if plateau else f"/{last_epoch}"
+        ceiling_note = f"/{last_epoch}"
+        if plateau:
+            ceiling_note = f" (ceiling {last_epoch}, {phase})"
+        elif anneal:
+            ceiling_note = f"/{horizon} planned (ceiling {last_epoch})"
         log(
             f"epoch {epoch}{ceiling_note}: train loss {record.train_loss:.4f}, eval accuracy "
             f"{record.eval_accuracy:.4f}, lr {record.learning_rate:.3g} ({record.seconds:.0f} s)"
@@ -472,6 +486,19 @@ def fine_tune(
             elif decay_reason is not None:
                 schedule.decay_start, schedule.decay_steps = stepper.step, config.decay_epochs * steps_per_epoch
                 log(f"{decay_reason[1]}: decaying the learning rate to zero over {config.decay_epochs} epoch(s)")
+        elif anneal:
+            horizon, stop = _anneal_decision(
+                config,
+                schedule,
+                stepper.step,
+                epoch,
+                horizon,
+                last_epoch,
+                steps_per_epoch,
+                (reference, reference_epoch),
+                extensions,
+                log,
+            )
         elif plateau and schedule.decay_done(stepper.step):
             assert decay_reason is not None
             decayed = f"the learning rate then decayed to zero over {config.decay_epochs} epoch(s)"
@@ -498,6 +525,8 @@ def fine_tune(
                     "stale": stale_epochs,
                     "decay_reason": list(decay_reason) if decay_reason else None,
                     "reductions": reductions,
+                    "horizon": horizon,
+                    "extensions": extensions,
                     "stop": list(stop) if stop else None,
                 },
             )
@@ -523,6 +552,57 @@ def fine_tune(
     for warning in outcome.warnings:
         log(f"warning: {warning}")
     return outcome
+
+
+def _anneal_decision(
+    config: TrainingConfig,
+    schedule: LearningRateSchedule,
+    step: int,
+    epoch: int,
+    horizon: int,
+    last_epoch: int,
+    steps_per_epoch: int,
+    last_gain: tuple[float, int],
+    extensions: list[str],
+    log: Callable[[str], None],
+) -> tuple[int, tuple[str, str] | None]:
+    """``anneal`` after an epoch: extend the plan while eval improves near its end, or stop where it ends.
+
+    The rate always falls linearly to zero at the planned end. When the plan is within ``patience`` epochs
+    of its end and eval gained (more than min_delta) within the last ``patience`` epochs, the end moves out
+    by half the plan (at least ``patience`` epochs, at most to the ceiling) and the decay is re-planned from
+    the rate reached, so it falls more slowly; the rate never jumps. Returns the (new) plan and the stop."""
+    patience = config.early_stopping_patience or 1
+    accuracy_at_gain, gain_epoch = last_gain
+    improving = epoch - gain_epoch < patience
+    gain = (
+        f"last gain above {100 * config.early_stopping_min_delta:.2f} points at epoch {gain_epoch} "
+        f"({100 * accuracy_at_gain:.2f}%)"
+    )
+    extended = f" (extended {'; '.join(extensions)})" if extensions else ""
+    if epoch >= horizon:
+        if improving and horizon >= last_epoch:
+            detail = (
+                f"reached the ceiling of {last_epoch} epochs (training.epochs) while eval accuracy was still "
+                f"improving ({gain}); the plan{extended} ended with the rate at zero"
+            )
+            return horizon, ("ceiling", detail)
+        detail = (
+            f"eval accuracy had not improved by more than {100 * config.early_stopping_min_delta:.2f} points for "
+            f"{patience} epochs when the plan neared its end, so the plan of {horizon} epochs{extended} was not "
+            f"extended and its rate reached zero after epoch {epoch} ({gain})"
+        )
+        return horizon, ("plateau", detail)
+    if improving and horizon - epoch <= patience and horizon < last_epoch:
+        assert schedule.decay_start is not None
+        remaining = schedule.decay_start + schedule.decay_steps - step
+        level = schedule.scale * max(0.0, remaining / max(1, schedule.decay_steps))
+        new = min(last_epoch, horizon + max(patience, -(-horizon // 2)))
+        schedule.scale, schedule.decay_start, schedule.decay_steps = level, step, (new - epoch) * steps_per_epoch
+        extensions.append(f"after epoch {epoch}: {horizon} to {new} epochs")
+        log(f"eval accuracy still improving ({gain}): the plan is extended from {horizon} to {new} epochs")
+        return new, None
+    return horizon, None
 
 
 def training_markdown(

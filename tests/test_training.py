@@ -41,6 +41,28 @@ def test_a_falling_schedule_anneals_per_step_and_decays_from_the_level_reached()
     assert [schedule.rate(step) for step in range(4, 8)] == [0.25, 0.125, 0.0, 0.0]
 
 
+def test_an_annealing_plan_is_extended_while_eval_improves_and_the_rate_never_jumps():
+    from tasks.config import TrainingConfig
+    from tasks.training import LearningRateSchedule, _anneal_decision
+
+    config = TrainingConfig(schedule="anneal", epochs=10, horizon_epochs=4, early_stopping_patience=2)
+    schedule = LearningRateSchedule(peak=1.0, warmup_steps=0, decay_start=0, decay_steps=40)  # 4 epochs x 10 steps
+    extensions: list[str] = []
+    # Epoch 2 of 4, gain at epoch 2: within patience of the end and improving, so the plan grows by half.
+    before = schedule.rate(20)
+    horizon, stop = _anneal_decision(config, schedule, 20, 2, 4, 10, 10, (0.9, 2), extensions, lambda _: None)
+    assert (horizon, stop) == (6, None) and extensions == ["after epoch 2: 4 to 6 epochs"]
+    assert schedule.rate(20) == pytest.approx(before) and schedule.rate(60) == 0.0  # continuous, zero at the new end
+    assert schedule.rate(40) == pytest.approx(before / 2)  # falls more slowly than the old plan (zero at step 40)
+    # Epoch 5 of 6 without a gain since epoch 2: not extended; at epoch 6 the plan ends: a plateau.
+    assert _anneal_decision(config, schedule, 50, 5, 6, 10, 10, (0.9, 2), extensions, lambda _: None) == (6, None)
+    horizon, stop = _anneal_decision(config, schedule, 60, 6, 6, 10, 10, (0.9, 2), extensions, lambda _: None)
+    assert stop is not None and stop[0] == "plateau" and "not extended" in stop[1] and "4 to 6" in stop[1]
+    # Still improving at the ceiling: the warning case.
+    horizon, stop = _anneal_decision(config, schedule, 100, 10, 10, 10, 10, (0.95, 10), [], lambda _: None)
+    assert stop is not None and stop[0] == "ceiling"
+
+
 def test_linear_schedule_matches_the_classic_warmup_then_linear_decay():
     import torch
     from transformers import get_linear_schedule_with_warmup
@@ -167,6 +189,20 @@ def test_a_falling_rate_stops_at_the_plateau_without_a_decay_epoch(tiny_teacher_
     rates = [r["learning_rate"] for r in teacher.history]
     assert rates[1:] == pytest.approx([rate * 0.7 for rate in rates[:-1]], rel=1e-6)  # x0.7 per epoch
     assert teacher.stop_detail.endswith(f"training stopped after epoch {len(curve)}")
+
+
+def test_an_annealing_teacher_still_improving_extends_its_plan_and_ends_at_zero(tiny_teacher_setup):
+    from tasks.teacher import train_teacher
+
+    root, config, data = tiny_teacher_setup
+    teacher_config = _teacher_config(config, schedule="anneal", horizon_epochs=3, early_stopping_patience=2)
+    teacher = train_teacher(teacher_config, data, root / "anneal", log=lambda _: None)
+    assert teacher.stop_reason == "plateau", teacher.stop_detail
+    assert len(teacher.history) > 3 and "extended after epoch" in teacher.stop_detail  # trained past the first plan
+    assert {r["phase"] for r in teacher.history} == {"anneal"}
+    rates = [r["learning_rate"] for r in teacher.history]
+    assert rates == sorted(rates, reverse=True) and rates[-1] < 0.02 * rates[0]  # falls, never jumps, ends near 0
+    assert f"| {teacher.best_epoch} (kept) |" in teacher.report_path.read_text()
 
 
 def test_a_teacher_cut_by_the_ceiling_while_improving_is_reported_with_a_warning(tiny_teacher_setup):
