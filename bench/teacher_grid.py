@@ -55,12 +55,17 @@ def _train(teacher_config, data, out_dir: Path, summary_file: Path, log) -> dict
 
     wanted = teacher_config.model_dump(mode="json")
     if summary_file.is_file():
-        summary = json.loads(summary_file.read_text())
-        # Validated again so a summary written before a config field existed compares with its default.
-        cached = TeacherConfig.model_validate(summary["config"]).model_dump(mode="json")
-        if cached == wanted and summary["data_fingerprint"] == data.fingerprint:
-            log(f"{summary_file.stem}: reusing the finished cell")
-            return summary
+        try:
+            summary = json.loads(summary_file.read_text())
+            # Validated again so a summary written before a config field existed compares with its default.
+            cached = TeacherConfig.model_validate(summary["config"]).model_dump(mode="json")
+            fingerprint = summary["data_fingerprint"]
+        except (ValueError, KeyError, TypeError) as error:  # ValidationError and JSONDecodeError are ValueErrors
+            log(f"{summary_file.stem}: unreadable summary {summary_file} ({type(error).__name__}); training it again")
+        else:
+            if cached == wanted and fingerprint == data.fingerprint:
+                log(f"{summary_file.stem}: reusing the finished cell")
+                return summary
     started = time.perf_counter()
     name = summary_file.stem
     teacher = train_teacher(teacher_config, data, out_dir, log=lambda message: log(f"{name}: {message}"))

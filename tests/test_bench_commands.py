@@ -115,10 +115,14 @@ def test_teacher_grid_trains_every_cell_and_compares_the_default_recipe(tmp_path
     assert main(arguments) == 0  # a second call reuses every finished cell
     assert capsys.readouterr().out.count("reusing the finished cell") == 5
     assert len(list((tmp_path / "cells").glob("*/*.json"))) == 5  # the summaries a grid continues from
-    # A candidate recipe against the same grid: only the default recipe trains again, under its own name.
+    # A candidate recipe against the same grid: only it trains, under its own name; so does a cell whose
+    # summary was damaged (it is trained again, not trusted or crashed on).
+    damaged = next((tmp_path / "cells").glob("*/e1-lr0.001.json"))
+    damaged.write_text(damaged.read_text()[:40])
     assert main([*arguments, "--set", "teacher.training.plateau_reductions=1"]) == 0
     output = capsys.readouterr().out
-    assert output.count("reusing the finished cell") == 4 and "candidate-plateau_reductions1: " in output
+    assert output.count("reusing the finished cell") == 3 and "candidate-plateau_reductions1: " in output
+    assert "e1-lr0.001: unreadable summary" in output and json.loads(damaged.read_text())["epochs_trained"] == 1
     assert "with `teacher.training.plateau_reductions=1`" in (tmp_path / "grid.md").read_text()
 
 
