@@ -112,6 +112,15 @@ def tiny_teacher_setup(tmp_path_factory):
     return root, config, prepare_data(config.data, root / "data")
 
 
+def _last_gain(curve: list[float], min_delta: float = 0.001) -> int:
+    """The plateau rule read off a curve: the last epoch that beat the previous gain by more than min_delta."""
+    reference, last_gain = -1.0, 0
+    for epoch, value in enumerate(curve, 1):
+        if value > reference + min_delta:
+            reference, last_gain = value, epoch
+    return last_gain
+
+
 def _teacher_config(config, **training):
     # A learning rate at which the tiny random BERT needs several epochs to learn the intents.
     settings = {"epochs": 20, "min_steps": 0, "batch_size": 16, "learning_rate": 5e-4, "early_stopping_patience": 3}
@@ -131,10 +140,7 @@ def test_a_teacher_still_improving_trains_past_the_old_epoch_count_and_stops_on_
     assert teacher.best_epoch > 3 and max(curve[:3]) < teacher.eval_accuracy, curve  # improving after epoch 3
     # The plateau rule, read off the curve: the last improvement, then `patience` epochs without one, then
     # one decay epoch (decay_epochs), then stop; the rate of the last epoch is near zero.
-    reference, last_gain = -1.0, 0
-    for epoch, value in enumerate(curve, 1):
-        if value > reference + 0.001:  # early_stopping_min_delta
-            reference, last_gain = value, epoch
+    last_gain = _last_gain(curve)
     assert len(curve) == last_gain + 3 + 1 < 20
     assert [r["phase"] for r in teacher.history][-1] == "decay" and teacher.history[-1]["learning_rate"] < 1e-4
     assert teacher.history[0]["learning_rate"] == pytest.approx(5e-4)  # constant after warmup while improving
@@ -180,10 +186,7 @@ def test_a_falling_rate_stops_at_the_plateau_without_a_decay_epoch(tiny_teacher_
     teacher = train_teacher(teacher_config, data, root / "falling", log=lambda _: None)
     assert teacher.stop_reason == "plateau", teacher.stop_detail
     curve = [r["eval_accuracy"] for r in teacher.history]
-    reference, last_gain = -1.0, 0
-    for epoch, value in enumerate(curve, 1):
-        if value > reference + 0.001:
-            reference, last_gain = value, epoch
+    last_gain = _last_gain(curve)
     assert len(curve) == last_gain + 2  # stopped at the plateau: no decay epoch
     assert {r["phase"] for r in teacher.history} == {"falling"}
     rates = [r["learning_rate"] for r in teacher.history]
