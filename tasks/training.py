@@ -51,7 +51,7 @@ class EpochRecord:
     """Learning rate of the epoch's last optimizer step."""
     phase: str = ""
     """``stable`` (held rate), ``falling`` (rate_decay_per_epoch), ``reduced`` (after a plateau cut it) or
-    ``decay`` (plateau schedule); ``linear`` (linear schedule)."""
+    ``decay`` (plateau schedule); ``linear`` or ``anneal`` (those schedules)."""
 
 
 @dataclass(frozen=True)
