@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from enginekit import yamlio
 from enginekit.objectstore import ObjectStoreSettings
 
 
@@ -151,8 +151,8 @@ def load_settings(path: Path | None, overrides: dict[str, Any] | None = None) ->
         if not Path(path).is_file():
             raise SettingsError(f"serving config {path} does not exist (configs/serving/ holds the shipped ones)")
         try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as error:
+            raw = yamlio.load(Path(path).read_text()) or {}
+        except yamlio.YAMLError as error:
             raise SettingsError(f"{path}: not valid YAML: {error}") from None
         if not isinstance(raw, dict):
             raise SettingsError(f"{path}: top level must be a mapping, got {type(raw).__name__}")

@@ -15,9 +15,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from enginekit import yamlio
 from enginekit.objectstore import ObjectStoreSettings
 from enginekit.tensorrt_support import TensorRTProfile
 
@@ -435,8 +435,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not separator or not key.strip():
         raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. teacher.training.epochs=2")
     try:
-        value = yaml.safe_load(raw_value) if raw_value.strip() else ""
-    except yaml.YAMLError as error:
+        value = yamlio.load(raw_value) if raw_value.strip() else ""
+    except yamlio.YAMLError as error:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({error})") from None
     return key.strip().split("."), value
 
@@ -471,7 +471,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist (configs/ holds the shipped ones)")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
+        raw = yamlio.load(path.read_text())
+    except yamlio.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     return config_from_mapping(raw, str(path), overrides)

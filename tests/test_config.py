@@ -75,6 +75,18 @@ def test_overrides_apply_with_yaml_types(tmp_path):
     assert config.data.text_pair_column == "title"
 
 
+def test_exponent_floats_read_as_numbers_in_files_and_overrides(tmp_path):
+    # PyYAML's YAML 1.1 reads 1e-4 as a string; strict models would then refuse a plainly written rate.
+    path = write(tmp_path, BASE + "teacher:\n  training:\n    learning_rate: 3e-5\n")
+    config = load_config(path, ["quantize.training.learning_rate=2E-6", "validate.max_accuracy_drop=1e0"])
+    assert config.teacher.training.learning_rate == pytest.approx(3e-5)
+    assert config.quantize.training.learning_rate == pytest.approx(2e-6)
+    assert config.validate_.max_accuracy_drop == 1.0
+    assert config.teacher.training.epochs == 20 and isinstance(config.teacher.training.epochs, int)
+    assert parse_override("a='1e-4'") == (["a"], "1e-4")  # quoted stays text
+    assert parse_override("a=1.2.3") == (["a"], "1.2.3")
+
+
 def test_override_errors_are_reported(tmp_path):
     path = write(tmp_path, BASE)
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
