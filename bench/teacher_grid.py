@@ -52,25 +52,32 @@ def _train(teacher_config, data, out_dir: Path, summary_file: Path, log) -> dict
     sessions; the weights under ``out_dir`` are deleted."""
     from tasks.config import TeacherConfig
     from tasks.teacher import train_teacher
+    from tasks.training import SCHEDULE_REVISIONS
 
     wanted = teacher_config.model_dump(mode="json")
+    revision = SCHEDULE_REVISIONS[teacher_config.training.schedule]
     if summary_file.is_file():
         try:
             summary = json.loads(summary_file.read_text())
             # Validated again so a summary written before a config field existed compares with its default.
             cached = TeacherConfig.model_validate(summary["config"]).model_dump(mode="json")
             fingerprint = summary["data_fingerprint"]
+            kept_revision = summary.get("schedule_revision", 1)  # summaries from before revisions were revision 1
         except (ValueError, KeyError, TypeError) as error:  # ValidationError and JSONDecodeError are ValueErrors
             log(f"{summary_file.stem}: unreadable summary {summary_file} ({type(error).__name__}); training it again")
         else:
-            if cached == wanted and fingerprint == data.fingerprint:
+            if cached == wanted and fingerprint == data.fingerprint and kept_revision == revision:
                 log(f"{summary_file.stem}: reusing the finished cell")
                 return summary
+            if kept_revision != revision:
+                log(f"{summary_file.stem}: kept from revision {kept_revision} of the training loop; training it again")
     started = time.perf_counter()
     name = summary_file.stem
     teacher = train_teacher(teacher_config, data, out_dir, log=lambda message: log(f"{name}: {message}"))
     summary = _summarise(teacher, data, time.perf_counter() - started)
-    summary.update(config=wanted, data_fingerprint=data.fingerprint, recorded_by=_recorded_by())
+    summary.update(
+        config=wanted, data_fingerprint=data.fingerprint, schedule_revision=revision, recorded_by=_recorded_by()
+    )
     shutil.rmtree(teacher.model_dir, ignore_errors=True)  # ~90 MB a cell; the numbers are what we keep
     summary_file.parent.mkdir(parents=True, exist_ok=True)
     summary_file.write_text(json.dumps(summary, indent=2) + "\n")

@@ -92,6 +92,12 @@ class TrainingOutcome:
         ]
 
 
+SCHEDULE_REVISIONS: dict[str, int] = {"linear": 1, "plateau": 1, "anneal": 2}
+"""Bumped when a change to the loop changes what a given config of that schedule trains, so results kept
+across runs (the teacher grid's cell summaries) are trained again instead of reused. anneal 2: an
+extension that brings no gain within the patience stops training (2026-12-07)."""
+
+
 @dataclass
 class LearningRateSchedule:
     """Warmup to ``peak``; then the held level (``peak * scale``, multiplied by ``per_step`` after every
@@ -354,6 +360,7 @@ def fine_tune(
     anneal = config.schedule == "anneal"
     horizon = 0  # anneal: the planned epochs (extended while eval improves)
     extensions: list[str] = []
+    extended_after = 0  # anneal: the epoch after which the plan was last extended (0: never)
     if plateau:
         last_epoch = max(config.epochs, min_epochs + config.decay_epochs)
         schedule = LearningRateSchedule(
@@ -399,6 +406,7 @@ def fine_tune(
         decay_reason = tuple(resumed["decay_reason"]) if resumed["decay_reason"] else None  # type: ignore[assignment]
         reductions = list(resumed["reductions"])
         horizon, extensions = resumed["horizon"], list(resumed["extensions"])
+        extended_after = resumed.get("extended_after", 0)
         stop = tuple(resumed["stop"]) if resumed["stop"] else None  # type: ignore[assignment]
         first_epoch = resumed["epoch"] + 1
         log(f"resuming after epoch {resumed['epoch']} from {checkpoint_dir}")
@@ -487,12 +495,12 @@ def fine_tune(
                 schedule.decay_start, schedule.decay_steps = stepper.step, config.decay_epochs * steps_per_epoch
                 log(f"{decay_reason[1]}: decaying the learning rate to zero over {config.decay_epochs} epoch(s)")
         elif anneal:
-            horizon, stop = _anneal_decision(
+            horizon, extended_after, stop = _anneal_decision(
                 config,
                 schedule,
                 stepper.step,
                 epoch,
-                horizon,
+                (horizon, extended_after),
                 last_epoch,
                 steps_per_epoch,
                 (reference, reference_epoch),
@@ -527,6 +535,7 @@ def fine_tune(
                     "reductions": reductions,
                     "horizon": horizon,
                     "extensions": extensions,
+                    "extended_after": extended_after,
                     "stop": list(stop) if stop else None,
                 },
             )
@@ -559,19 +568,24 @@ def _anneal_decision(
     schedule: LearningRateSchedule,
     step: int,
     epoch: int,
-    horizon: int,
+    plan: tuple[int, int],
     last_epoch: int,
     steps_per_epoch: int,
     last_gain: tuple[float, int],
     extensions: list[str],
     log: Callable[[str], None],
-) -> tuple[int, tuple[str, str] | None]:
-    """``anneal`` after an epoch: extend the plan while eval improves near its end, or stop where it ends.
+) -> tuple[int, int, tuple[str, str] | None]:
+    """``anneal`` after an epoch: extend the plan while eval improves near its end, or stop.
 
     The rate always falls linearly to zero at the planned end. When the plan is within ``patience`` epochs
     of its end and eval gained (more than min_delta) within the last ``patience`` epochs, the end moves out
     by half the plan (at least ``patience`` epochs, at most to the ceiling) and the decay is re-planned from
-    the rate reached, so it falls more slowly; the rate never jumps. Returns the (new) plan and the stop."""
+    the rate reached, so it falls more slowly; the rate never jumps. An extension is a bet on further gains:
+    once ``patience`` epochs pass after it (and after the last gain) without one, training stops there, as
+    early stopping would, instead of running the extra epochs out (the best epoch is kept either way).
+    ``plan`` is (planned epochs, epoch after which it was last extended or 0); returns the new plan and
+    the stop."""
+    horizon, extended_after = plan
     patience = config.early_stopping_patience or 1
     accuracy_at_gain, gain_epoch = last_gain
     improving = epoch - gain_epoch < patience
@@ -586,13 +600,20 @@ def _anneal_decision(
                 f"reached the ceiling of {last_epoch} epochs (training.epochs) while eval accuracy was still "
                 f"improving ({gain}); the plan{extended} ended with the rate at zero"
             )
-            return horizon, ("ceiling", detail)
+            return horizon, extended_after, ("ceiling", detail)
         detail = (
             f"eval accuracy had not improved by more than {100 * config.early_stopping_min_delta:.2f} points for "
             f"{patience} epochs when the plan neared its end, so the plan of {horizon} epochs{extended} was not "
             f"extended and its rate reached zero after epoch {epoch} ({gain})"
         )
-        return horizon, ("plateau", detail)
+        return horizon, extended_after, ("plateau", detail)
+    if extended_after and epoch - max(gain_epoch, extended_after) >= patience:
+        detail = (
+            f"eval accuracy had not improved by more than {100 * config.early_stopping_min_delta:.2f} points for "
+            f"{patience} epochs since the plan was extended{extended}, so training stopped after epoch {epoch} "
+            f"of {horizon} planned, the rate at {schedule.rate(step):.3g} ({gain})"
+        )
+        return horizon, extended_after, ("plateau", detail)
     if improving and horizon - epoch <= patience and horizon < last_epoch:
         assert schedule.decay_start is not None
         remaining = schedule.decay_start + schedule.decay_steps - step
@@ -601,8 +622,8 @@ def _anneal_decision(
         schedule.scale, schedule.decay_start, schedule.decay_steps = level, step, (new - epoch) * steps_per_epoch
         extensions.append(f"after epoch {epoch}: {horizon} to {new} epochs")
         log(f"eval accuracy still improving ({gain}): the plan is extended from {horizon} to {new} epochs")
-        return new, None
-    return horizon, None
+        return new, epoch, None
+    return horizon, extended_after, None
 
 
 def training_markdown(

@@ -119,10 +119,16 @@ def test_teacher_grid_trains_every_cell_and_compares_the_default_recipe(tmp_path
     # summary was damaged (it is trained again, not trusted or crashed on).
     damaged = next((tmp_path / "cells").glob("*/e1-lr0.001.json"))
     damaged.write_text(damaged.read_text()[:40])
+    # And one kept from an older revision of the training loop (a change to what its schedule trains).
+    stale = next((tmp_path / "cells").glob("*/e2-lr0.003.json"))
+    assert json.loads(stale.read_text())["schedule_revision"] >= 1
+    stale.write_text(json.dumps({**json.loads(stale.read_text()), "schedule_revision": 0}))
     assert main([*arguments, "--set", "teacher.training.plateau_reductions=1"]) == 0
     output = capsys.readouterr().out
-    assert output.count("reusing the finished cell") == 3 and "candidate-plateau_reductions1: " in output
+    assert output.count("reusing the finished cell") == 2 and "candidate-plateau_reductions1: " in output
     assert "e1-lr0.001: unreadable summary" in output and json.loads(damaged.read_text())["epochs_trained"] == 1
+    assert "e2-lr0.003: kept from revision 0 of the training loop" in output
+    assert json.loads(stale.read_text())["schedule_revision"] >= 1
     assert "with `teacher.training.plateau_reductions=1`" in (tmp_path / "grid.md").read_text()
 
 

@@ -50,16 +50,26 @@ def test_an_annealing_plan_is_extended_while_eval_improves_and_the_rate_never_ju
     extensions: list[str] = []
     # Epoch 2 of 4, gain at epoch 2: within patience of the end and improving, so the plan grows by half.
     before = schedule.rate(20)
-    horizon, stop = _anneal_decision(config, schedule, 20, 2, 4, 10, 10, (0.9, 2), extensions, lambda _: None)
-    assert (horizon, stop) == (6, None) and extensions == ["after epoch 2: 4 to 6 epochs"]
+    quiet = lambda _: None  # noqa: E731
+    horizon, after, stop = _anneal_decision(config, schedule, 20, 2, (4, 0), 10, 10, (0.9, 2), extensions, quiet)
+    assert (horizon, after, stop) == (6, 2, None) and extensions == ["after epoch 2: 4 to 6 epochs"]
     assert schedule.rate(20) == pytest.approx(before) and schedule.rate(60) == 0.0  # continuous, zero at the new end
     assert schedule.rate(40) == pytest.approx(before / 2)  # falls more slowly than the old plan (zero at step 40)
-    # Epoch 5 of 6 without a gain since epoch 2: not extended; at epoch 6 the plan ends: a plateau.
-    assert _anneal_decision(config, schedule, 50, 5, 6, 10, 10, (0.9, 2), extensions, lambda _: None) == (6, None)
-    horizon, stop = _anneal_decision(config, schedule, 60, 6, 6, 10, 10, (0.9, 2), extensions, lambda _: None)
-    assert stop is not None and stop[0] == "plateau" and "not extended" in stop[1] and "4 to 6" in stop[1]
+    # Epoch 3: no gain yet, but the extension has had one epoch only; epoch 4: two epochs without a gain
+    # since the extension and the gain, so the bet is off: a plateau, before the extended plan's end.
+    assert _anneal_decision(config, schedule, 30, 3, (6, 2), 10, 10, (0.9, 2), extensions, quiet) == (6, 2, None)
+    horizon, after, stop = _anneal_decision(config, schedule, 40, 4, (6, 2), 10, 10, (0.9, 2), extensions, quiet)
+    assert stop is not None and stop[0] == "plateau" and "since the plan was extended" in stop[1]
+    assert "after epoch 4 of 6 planned" in stop[1] and "4 to 6" in stop[1]
+    # A gain after the extension keeps it going: patience counts from the later of the two.
+    assert _anneal_decision(config, schedule, 40, 4, (6, 2), 10, 10, (0.92, 3), extensions, quiet)[2] is None
+    # A plan never extended runs to its end however flat eval is, then stops there with the rate at zero.
+    flat = LearningRateSchedule(peak=1.0, warmup_steps=0, decay_start=0, decay_steps=40)
+    assert _anneal_decision(config, flat, 30, 3, (4, 0), 10, 10, (0.9, 1), [], quiet) == (4, 0, None)
+    horizon, after, stop = _anneal_decision(config, flat, 40, 4, (4, 0), 10, 10, (0.9, 1), [], quiet)
+    assert stop is not None and stop[0] == "plateau" and "was not extended" in stop[1]
     # Still improving at the ceiling: the warning case.
-    horizon, stop = _anneal_decision(config, schedule, 100, 10, 10, 10, 10, (0.95, 10), [], lambda _: None)
+    horizon, after, stop = _anneal_decision(config, schedule, 100, 10, (10, 7), 10, 10, (0.95, 10), [], quiet)
     assert stop is not None and stop[0] == "ceiling"
 
 
@@ -194,7 +204,7 @@ def test_a_falling_rate_stops_at_the_plateau_without_a_decay_epoch(tiny_teacher_
     assert teacher.stop_detail.endswith(f"training stopped after epoch {len(curve)}")
 
 
-def test_an_annealing_teacher_still_improving_extends_its_plan_and_ends_at_zero(tiny_teacher_setup):
+def test_an_annealing_teacher_still_improving_extends_its_plan_then_stops_on_the_plateau(tiny_teacher_setup):
     from tasks.teacher import train_teacher
 
     root, config, data = tiny_teacher_setup
@@ -204,7 +214,12 @@ def test_an_annealing_teacher_still_improving_extends_its_plan_and_ends_at_zero(
     assert len(teacher.history) > 3 and "extended after epoch" in teacher.stop_detail  # trained past the first plan
     assert {r["phase"] for r in teacher.history} == {"anneal"}
     rates = [r["learning_rate"] for r in teacher.history]
-    assert rates == sorted(rates, reverse=True) and rates[-1] < 0.02 * rates[0]  # falls, never jumps, ends near 0
+    assert rates == sorted(rates, reverse=True)  # falls, never jumps
+    curve = [r["eval_accuracy"] for r in teacher.history]
+    if "since the plan was extended" in teacher.stop_detail:  # the extension's bet lost: patience ran out
+        assert len(curve) - _last_gain(curve) >= 2
+    else:  # the plan ran out: its rate reached zero
+        assert rates[-1] < 0.02 * rates[0]
     assert f"| {teacher.best_epoch} (kept) |" in teacher.report_path.read_text()
 
 
