@@ -43,7 +43,7 @@ class _FloatPattern:
         return bool(_FLOAT.match(text)) and not _INT.match(text)
 
 
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FloatPattern, list("-+0123456789."))  # type: ignore[arg-type]
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FloatPattern, list("-+0123456789."))
 
 
 def load(text: str) -> Any:
