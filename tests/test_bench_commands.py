@@ -5,6 +5,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 
 def test_accuracy_table_scores_every_variant_of_a_run_on_test(tiny_build, tmp_path):
     from bench.accuracy_table import main
@@ -240,3 +242,49 @@ def test_gpu_flow_refuses_more_processes_than_gpus_and_a_missing_config(tmp_path
     assert main(["--processes", str(asked), "--state-dir", str(tmp_path / "s"), "--out", str(tmp_path / "o")]) == 2
     assert f"needs as many CUDA GPUs; this machine has {gpus}" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()  # refused before any server started
+
+
+def test_student_recipe_retrains_the_smaller_student_and_scores_both_on_eval_and_test(tiny_build, tmp_path, capsys):
+    import yaml
+
+    from bench.student_recipe import main
+    from tasks.quantize import train_student
+
+    root = tiny_build.bundle_dir.parent
+    run = tmp_path / "run"
+    run.mkdir()
+    for stage in ("data", "teacher", "student"):
+        (run / stage).symlink_to(root / stage)
+    small = tiny_build.config.quantize.smaller_student
+    train_student(
+        tiny_build.config.quantize,
+        tiny_build.teacher,
+        tiny_build.data,
+        run / "smaller-student",
+        log=lambda _: None,
+        calibration=tiny_build.student.calibration,
+        student_layers=small.layer_indices(tiny_build.teacher.num_layers),
+        distill_training=small.distill_training,
+    )
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_build.config.model_dump(mode="json", by_alias=True)))
+    assert main([str(run), "--config", str(config)]) == 2  # no recipe given
+    assert "--set" in capsys.readouterr().err
+    override = "quantize.smaller_student.distill_training.epochs=2"
+    assert main([str(run), "--config", str(config), "--set", override]) == 0
+    table = capsys.readouterr().out
+    result = json.loads((run / "student-recipes" / "distill_training.epochs=2.json").read_text())
+    assert [row["name"] for row in result["rows"]] == ["the run's own smaller student", f"with {override}"]
+    for row in result["rows"]:
+        for split in ("eval", "test"):
+            score = row[split]
+            assert 0 <= score["accuracy"] <= 1 and score["ci"][0] <= score["delta_points"] <= score["ci"][1]
+            assert score["delta_points"] == pytest.approx(100 * (score["accuracy"] - score["teacher"]))
+    assert "FP32 distillation of the new student: 2 epochs" in table
+
+
+def test_student_recipe_refuses_a_run_without_a_smaller_student(tmp_path, capsys):
+    from bench.student_recipe import main
+
+    assert main([str(tmp_path), "--set", "quantize.smaller_student.layers=[0]"]) == 2
+    assert "missing data/data.json" in capsys.readouterr().err
