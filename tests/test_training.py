@@ -94,21 +94,26 @@ def test_plateau_schedule_needs_patience_and_a_ceiling_above_the_decay():
     with pytest.raises(ValidationError, match="needs early_stopping_patience"):
         TrainingConfig(early_stopping_patience=None)
     with pytest.raises(ValidationError, match="decay_epochs"):
-        TrainingConfig(epochs=2, decay_epochs=2)
+        TrainingConfig(schedule="plateau", epochs=2, decay_epochs=2)
     assert TrainingConfig(schedule="linear", early_stopping_patience=None).epochs == 20
 
 
 def test_a_partial_training_section_keeps_its_stages_own_defaults(tmp_path):
-    """Setting one KD-QAT key must not turn KD-QAT into the teacher's 20-epoch plateau recipe."""
+    """Setting one KD-QAT key must not turn KD-QAT into the teacher's 20-epoch annealing recipe, nor one
+    distillation key drop the rest of the smaller student's recipe."""
     from tasks.config import config_from_mapping
 
     mapping = {"model_name": "m", "publish": {"store": {"bucket": "bucket"}}}
     mapping["quantize"] = {"training": {"learning_rate": 1e-5}}
+    mapping["quantize"]["smaller_student"] = {"distill_training": {"epochs": 6}}
     mapping["teacher"] = {"training": {"epochs": 7}}
     config = config_from_mapping(mapping, "partial")
     assert config.quantize.training.learning_rate == 1e-5
     assert config.quantize.training.schedule == "linear" and config.quantize.training.epochs == 2
-    assert config.teacher.training.epochs == 7 and config.teacher.training.schedule == "plateau"
+    assert config.teacher.training.epochs == 7 and config.teacher.training.schedule == "anneal"
+    assert config.teacher.training.learning_rate == 2e-4
+    distill = config.quantize.smaller_student.distill_training
+    assert (distill.epochs, distill.schedule, distill.learning_rate) == (6, "anneal", 2e-4)
 
 
 @pytest.fixture(scope="module")
@@ -133,13 +138,17 @@ def _last_gain(curve: list[float], min_delta: float = 0.001) -> int:
 
 def _teacher_config(config, **training):
     # A learning rate at which the tiny random BERT needs several epochs to learn the intents.
+    # The plateau recipe unless a test names another schedule (the default, anneal, has its own test).
     settings = {"epochs": 20, "min_steps": 0, "batch_size": 16, "learning_rate": 5e-4, "early_stopping_patience": 3}
+    settings["schedule"] = "plateau"
     return config.teacher.model_copy(
         update={"training": config.teacher.training.model_copy(update={**settings, **training})}
     )
 
 
-def test_a_teacher_still_improving_trains_past_the_old_epoch_count_and_stops_on_the_plateau(tiny_teacher_setup):
+def test_a_plateau_teacher_still_improving_trains_past_the_old_epoch_count_and_stops_on_the_plateau(
+    tiny_teacher_setup,
+):
     from tasks.teacher import train_teacher
 
     root, config, data = tiny_teacher_setup
@@ -204,18 +213,24 @@ def test_a_falling_rate_stops_at_the_plateau_without_a_decay_epoch(tiny_teacher_
     assert teacher.stop_detail.endswith(f"training stopped after epoch {len(curve)}")
 
 
-def test_an_annealing_teacher_still_improving_extends_its_plan_then_stops_on_the_plateau(tiny_teacher_setup):
+def test_the_default_annealing_teacher_still_improving_trains_past_its_plan_and_stops_on_the_plateau(
+    tiny_teacher_setup,
+):
+    from tasks.config import TrainingConfig
     from tasks.teacher import train_teacher
 
+    assert TrainingConfig().schedule == "anneal"  # the default recipe; a first plan of 3 = the old epoch count
     root, config, data = tiny_teacher_setup
     teacher_config = _teacher_config(config, schedule="anneal", horizon_epochs=3, early_stopping_patience=2)
     teacher = train_teacher(teacher_config, data, root / "anneal", log=lambda _: None)
     assert teacher.stop_reason == "plateau", teacher.stop_detail
     assert len(teacher.history) > 3 and "extended after epoch" in teacher.stop_detail  # trained past the first plan
+    curve = [r["eval_accuracy"] for r in teacher.history]
+    assert teacher.best_epoch > 3 and max(curve[:3]) < teacher.eval_accuracy, curve  # improving after epoch 3
+    assert not teacher.warnings and "Stopped: **plateau**" in teacher.report_path.read_text()
     assert {r["phase"] for r in teacher.history} == {"anneal"}
     rates = [r["learning_rate"] for r in teacher.history]
     assert rates == sorted(rates, reverse=True)  # falls, never jumps
-    curve = [r["eval_accuracy"] for r in teacher.history]
     if "since the plan was extended" in teacher.stop_detail:  # the extension's bet lost: patience ran out
         assert len(curve) - _last_gain(curve) >= 2
     else:  # the plan ran out: its rate reached zero
