@@ -7,8 +7,8 @@ ONNX Runtime on the eval and the test split in the same process: accuracy, Δ vs
 paired bootstrap interval, agreement. The test column is what the run's accuracy gate would see.
 
     python -m bench.student_recipe .state/runs/<run> --config configs/demo.yaml \\
-        --set quantize.smaller_student.distill_training.schedule=anneal \\
-        --set quantize.smaller_student.distill_training.learning_rate=2e-4
+        --set quantize.smaller_student.distill_training.schedule=plateau \\
+        --set quantize.smaller_student.distill_training.learning_rate=1e-4
 
 Writes ``student-recipes/<overrides>.{md,json}`` into the run directory.
 """
