@@ -262,6 +262,10 @@ class QuantizeConfig(_Section):
     accuracy_budget_points: float = Field(default=0.3, ge=0.0)
     """Automatic choice: the fastest variant whose eval accuracy is at most this many points below the
     teacher's ships (calibration-only before KD-QAT when equally fast)."""
+    choice_ci_floor_points: float | None = Field(default=1.0, ge=0.0)
+    """Automatic choice: a variant within the budget is still not chosen when the low end of its 95% paired
+    bootstrap interval on eval is more than this many points below the teacher: it could plausibly fail the
+    validation's accuracy gate (``validate.max_accuracy_drop``, 1.0 by default). null: no floor."""
     smaller_student: SmallerStudentConfig | None = SmallerStudentConfig()
     """A fewer-layer INT8 student measured next to the full-size ones (null: none)."""
     sensitivity: SensitivityConfig = SensitivityConfig()

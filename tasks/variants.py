@@ -424,7 +424,7 @@ def choose_int8_variant(
         VariantScore(c.name, c.kind, c.delta_points, c.ci_low_points, c.speed_proxy)  # type: ignore[arg-type]
         for c in candidates
     ]
-    decision = choose_variant(scores, config.accuracy_budget_points)
+    decision = choose_variant(scores, config.accuracy_budget_points, ci_floor_points=config.choice_ci_floor_points)
     reasons = list(decision.reasons)
     if decision.chosen is None:
         chosen = max(candidates, key=lambda c: (c.eval_accuracy, c.kind == "ptq"))
