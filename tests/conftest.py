@@ -74,7 +74,13 @@ def tiny_config_mapping(data_dir: Path, work_dir: Path, **sections) -> dict:
             "choice_ci_floor_points": None,
             "training": {"epochs": 1, "batch_size": 16, "learning_rate": 1e-4},
             "smaller_student": {
-                "distill_training": {"schedule": "plateau", "epochs": 6, "min_steps": 0, "batch_size": 16, "learning_rate": 1e-3}
+                "distill_training": {
+                    "schedule": "plateau",
+                    "epochs": 6,
+                    "min_steps": 0,
+                    "batch_size": 16,
+                    "learning_rate": 1e-3,
+                }
             },
         },
         "export": {"parity_rows": 60},

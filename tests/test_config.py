@@ -95,6 +95,9 @@ def test_override_errors_are_reported(tmp_path):
         load_config(path, ["model_name.x=1"])
     with pytest.raises(ConfigError, match=r"teacher\.training\.epochs"):
         load_config(path, ["teacher.training.epochs=-1"])
+    with pytest.raises(ConfigError, match=r"quantize\.choice_ci_floor_points"):
+        load_config(path, ["quantize.choice_ci_floor_points=-0.5"])
+    assert load_config(path, ["quantize.choice_ci_floor_points=null"]).quantize.choice_ci_floor_points is None
 
 
 def test_parse_override_parses_lists_and_null():

@@ -71,7 +71,10 @@ def test_a_variant_whose_interval_reaches_past_the_gate_is_not_chosen():
     assert choice.chosen.name == "PTQ percentile:99.99"  # cheapest at full speed, then the most accurate
     assert "reaches -1.13, below the -1.00-point floor" in choice.reasons[4]
     # the demo's 3-layer student (+0.25, [-0.58, +1.08]) stays eligible under the same floor
-    demo = [variant("PTQ entropy", "ptq", -0.25, 1.0, ci_low=-0.83), variant("3 layers", "smaller_student", 0.25, 2.0, ci_low=-0.58)]
+    demo = [
+        variant("PTQ entropy", "ptq", -0.25, 1.0, ci_low=-0.83),
+        variant("3 layers", "smaller_student", 0.25, 2.0, ci_low=-0.58),
+    ]
     assert choose_variant(demo, 0.3, ci_floor_points=1.0).chosen.name == "3 layers"
     with pytest.raises(ValueError, match="ci_floor_points"):
         choose_variant(candidates, 0.3, ci_floor_points=-1.0)
