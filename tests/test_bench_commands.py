@@ -288,3 +288,23 @@ def test_student_recipe_refuses_a_run_without_a_smaller_student(tmp_path, capsys
 
     assert main([str(tmp_path), "--set", "quantize.smaller_student.layers=[0]"]) == 2
     assert "missing data/data.json" in capsys.readouterr().err
+
+
+def test_distill_cost_times_the_teacher_against_the_student_step(tiny_build, tmp_path, capsys):
+    import re
+
+    from bench.distill_cost import main
+
+    root = tiny_build.bundle_dir.parent
+    assert main([str(tmp_path)]) == 2
+    assert "missing data/data.json" in capsys.readouterr().err
+    assert main([str(root), "--batches", "0"]) == 2
+    assert "--batches" in capsys.readouterr().err
+    assert main([str(root), "--batches", "3", "--batch-size", "8", "--layers", "0"]) == 0
+    line = capsys.readouterr().out
+    match = re.search(
+        r"teacher forward ([\d.]+) s, student forward\+backward\+step ([\d.]+) s, teacher share (\d+)%", line
+    )
+    assert match and "3 batches of 8, student layers [0]" in line, line
+    teacher, student, share = float(match[1]), float(match[2]), int(match[3])
+    assert student > 0 and abs(share - 100 * teacher / (teacher + student)) <= 1
