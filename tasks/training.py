@@ -213,7 +213,11 @@ def _optimizer(model: torch.nn.Module, config: TrainingConfig, learning_rate: fl
         {"params": [p for n, p in trainable if not n.endswith(no_decay)], "weight_decay": config.weight_decay},
         {"params": [p for n, p in trainable if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=learning_rate)
+    # The fused kernel (CPU and CUDA): one pass over every parameter instead of a dozen elementwise ops per
+    # tensor. On the 2-core CPU it cut the AdamW step of the 22.7M-parameter MiniLM (half of it the word
+    # embeddings, updated densely every step) from ~105 ms to ~15 ms, a quarter of a training step.
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for _, p in trainable)
+    return torch.optim.AdamW(groups, lr=learning_rate, fused=fused or None)
 
 
 @dataclass

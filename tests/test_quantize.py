@@ -128,6 +128,48 @@ def test_histogram_calibration_methods_set_tighter_ranges_than_max(method):
         assert torch.isfinite(calibrated(**{k: torch.from_numpy(v) for k, v in batch.as_feed().items()}).logits).all()
 
 
+def _histograms(rng):
+    """Activation-like histograms: Gaussian, heavy-tailed, sparse (empty bins), mass in the first bins."""
+    sparse = np.histogram(np.abs(rng.standard_normal(3_000)), bins=512)
+    low = np.histogram(np.concatenate([np.abs(rng.standard_normal(100_000)), [40.0]]), bins=512)
+    return [
+        np.histogram(np.abs(rng.standard_normal(200_000)), bins=512),
+        np.histogram(np.abs(rng.standard_t(2, 200_000)), bins=512),
+        sparse,
+        low,
+    ]
+
+
+@pytest.mark.parametrize("unsigned", [False, True])
+def test_entropy_amax_is_modelopt_entropy_calibration_to_the_bit(unsigned):
+    from modelopt.torch.quantization.calib.histogram import _compute_amax_entropy
+
+    from tasks.quantize import entropy_amax
+
+    for counts, edges in _histograms(np.random.default_rng(0)):
+        expected = float(_compute_amax_entropy(counts.astype(np.int32), edges, 8, unsigned))
+        ours = entropy_amax(counts, edges, 8, unsigned)
+        assert float(np.float32(ours)) == expected  # modelopt returns the bin edge as a float32 tensor
+        assert edges[128] <= expected <= edges[-1]
+
+
+def test_entropy_calibration_sets_modelopts_range_on_a_real_quantizer():
+    """The calibrate() path (tasks.quantize.load_ranges) gives the amax modelopt's own load would."""
+    from modelopt.torch.quantization.calib import HistogramCalibrator
+
+    from tasks.config import QuantizeConfig
+    from tasks.quantize import calibrate
+
+    model, split, encoder = _tiny_bert_and_data()
+    config = QuantizeConfig(calibration_batches=2, calibration_method="entropy")
+    calibrated = calibrate(copy.deepcopy(model), split, encoder, config, torch.device("cpu"))
+    quantizer = dict(calibrated.named_modules())["bert.encoder.layer.1.output.dense.input_quantizer"]
+    assert isinstance(quantizer._calibrator, HistogramCalibrator)
+    ours = float(quantizer.amax)
+    quantizer.load_calib_amax("entropy")  # modelopt's own search, from the same collected histogram
+    assert ours == float(quantizer.amax) > 0
+
+
 def test_interrupted_qat_resumes_from_its_checkpoint(tiny_build, tmp_path, monkeypatch):
     import tasks.quantize as quantize
 
