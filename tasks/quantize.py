@@ -36,6 +36,7 @@ from tasks.config import QuantizeConfig, TrainingConfig
 from tasks.data import PreparedData
 from tasks.modeling import SplitBatches, accuracy, predict_logits, seed_everything, to_torch
 from tasks.teacher import TeacherResult
+from tasks.teacher_targets import TeacherTargets
 from tasks.training import (
     EpochRecord,
     TrainingOutcome,
@@ -397,15 +398,27 @@ def train_student(
     # Hidden state i of the student (0 = embeddings) is distilled from this hidden state of the teacher.
     teacher_states = [0] + [layer + 1 for layer in (student_layers or range(teacher.config.num_hidden_layers))]
 
+    with_hidden = hidden_weight > 0
+    targets = TeacherTargets.build(
+        teacher, train, encoder, teacher_states if with_hidden else None, device, config.training.eval_batch_size
+    )
+    if targets is None:
+        log("teacher outputs not cached (they would exceed the memory cap): the teacher runs in every step")
+
     def kd_loss(model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-        with_hidden = hidden_weight > 0
-        with torch.no_grad():
-            teacher_out = teacher(**inputs, output_hidden_states=with_hidden)
+        cached = targets.lookup(inputs) if targets is not None else None
+        if cached is not None:
+            teacher_logits, aligned = cached
+        else:
+            with torch.no_grad():
+                teacher_out = teacher(**inputs, output_hidden_states=with_hidden)
+            teacher_logits = teacher_out.logits
+            if with_hidden:
+                aligned = tuple(teacher_out.hidden_states[index] for index in teacher_states)
         student_out = model(**inputs, output_hidden_states=with_hidden)
-        loss = distillation_loss(student_out.logits, teacher_out.logits, labels, config.kd_temperature, config.kd_alpha)
+        loss = distillation_loss(student_out.logits, teacher_logits, labels, config.kd_temperature, config.kd_alpha)
         if with_hidden:
             mask = inputs["attention_mask"]
-            aligned = tuple(teacher_out.hidden_states[index] for index in teacher_states)
             loss = loss + hidden_weight * hidden_state_loss(student_out.hidden_states, aligned, mask)
         return loss
 
