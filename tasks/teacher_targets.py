@@ -55,7 +55,7 @@ class TeacherTargets:
     ) -> TeacherTargets | None:
         """Run ``teacher`` (in eval mode) once over ``split``; keep its logits and the ``hidden_states``
         (indices into its ``hidden_states`` output, 0 = embeddings). None when the states exceed max_bytes."""
-        rows = encoder.tokenize(split.texts, split.pairs)
+        rows = split.tokenized(encoder)
         lengths = np.array([len(row) for row in rows], dtype=np.int64)
         kept = list(hidden_states or [])
         hidden = int(teacher.config.hidden_size)
