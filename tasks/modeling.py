@@ -120,23 +120,28 @@ class SplitBatches:
             self._tokenized = (encoder, encoder.tokenize(self.texts, self.pairs))
         return self._tokenized[1]
 
-    def _bucketed_batches(self, batch_size: int, rng: np.random.Generator, lengths: np.ndarray) -> list[np.ndarray]:
-        """Shuffle, then group rows of equal token length inside windows of 50 batches so batches hardly pad.
+    def _bucketed_batches(self, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+        """Shuffle, then group rows by length inside windows of 50 batches so each batch pads little.
 
-        Batches are padded to their longest row, and every padded position costs as much as a real token
-        in the GEMMs. Sorting a window by exact token length (stable: rows of one length stay in shuffled
-        order) keeps most of the shuffle's randomness; the batch order is shuffled again afterwards. On the
-        demo's training split padding fell from 32% of the tokens (character-length buckets of 16, the
-        previous grouping) to 3%, a 30% shorter epoch, with as many classes per batch (11.6 vs 11.9 of 14
-        intents; cloud-cli: 15.0 vs 15.0 of 24), so no batch becomes one class where length and class
-        correlate (BENCHMARKS.md section 6).
+        Batches are padded to their longest row; search queries range from 1 to ~20 words, so random
+        batches pay for the longest query in each. Sorting within a window keeps most of the shuffle's
+        randomness; the batch order is shuffled again afterwards. Coarse buckets (16 characters, ~4 word
+        pieces) rather than exact lengths: a third of the demo's batch tokens are padding, and grouping by
+        exact token length would cut that to 3% (an epoch 30% shorter), but the one demo teacher trained
+        that way ended 0.75 points (eval) below the practitioner's grid, outside issue 8's band, where this
+        grouping's is within it: the recipe was validated with this batch order, and a new one needs the
+        grid again (``python -m bench.training_speed`` measures both groupings; BENCHMARKS.md section 6).
         """
         order = rng.permutation(len(self))
+        lengths = np.array([len(text) + (len(self.pairs[i]) if self.pairs else 0) for i, text in enumerate(self.texts)])
+        # Rows of one bucket stay in shuffled order, so a batch does not become one class where query length
+        # correlates with class.
+        buckets = lengths // 16
         window = batch_size * 50
         batches = []
         for start in range(0, len(order), window):
             chunk = order[start : start + window]
-            chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+            chunk = chunk[np.argsort(buckets[chunk], kind="stable")]
             batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
         rng.shuffle(batches)
         return batches
@@ -144,15 +149,14 @@ class SplitBatches:
     def iterate(
         self, encoder: TextEncoder, batch_size: int, *, shuffle_seed: int | None = None
     ) -> Iterator[tuple[EncodedBatch, np.ndarray]]:
-        """Batches in row order, or, with ``shuffle_seed``, shuffled and grouped by token length."""
+        """Batches in row order, or, with ``shuffle_seed``, shuffled and length-bucketed."""
         rows = self.tokenized(encoder)
         if shuffle_seed is None:
             batches = [
                 np.arange(start, min(start + batch_size, len(self))) for start in range(0, len(self), batch_size)
             ]
         else:
-            lengths = np.array([len(row) for row in rows])
-            batches = self._bucketed_batches(batch_size, np.random.default_rng(shuffle_seed), lengths)
+            batches = self._bucketed_batches(batch_size, np.random.default_rng(shuffle_seed))
         for indices in batches:
             yield encoder.collate([rows[i] for i in indices]), self.labels[indices]
 
@@ -165,7 +169,7 @@ def predict_logits(
     was_training = model.training
     model.eval()
     tokenized = split.tokenized(encoder)
-    order = np.argsort([len(row) for row in tokenized], kind="stable")
+    order = np.argsort([len(text) for text in split.texts], kind="stable")
     logits: np.ndarray | None = None
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]

@@ -308,3 +308,24 @@ def test_distill_cost_times_the_teacher_against_the_student_step(tiny_build, tmp
     assert match and "3 batches of 8, student layers [0]" in line, line
     teacher, student, share = float(match[1]), float(match[2]), int(match[3])
     assert student > 0 and abs(share - 100 * teacher / (teacher + student)) <= 1
+
+
+def test_training_speed_measures_each_change_against_what_it_replaced(tiny_build, tmp_path, capsys):
+    import re
+
+    from bench.training_speed import main
+
+    root = tiny_build.bundle_dir.parent
+    assert main([str(tmp_path)]) == 2
+    assert "missing data/data.json" in capsys.readouterr().err
+    assert main([str(root), "--steps", "0"]) == 2
+    assert "--steps" in capsys.readouterr().err
+    assert main([str(root), "--steps", "2", "--quantizers", "2"]) == 0
+    table = capsys.readouterr().out
+    tokens = re.search(r"batch tokens per epoch .*? \| (\d+) \(.*?\) \| (\d+) \(", table)
+    assert tokens and int(tokens[2]) <= int(tokens[1]), table
+    steps = re.search(r"AdamW default vs fused\) \| (\d+) ms \| (\d+) ms \| x([\d.]+)", table)
+    assert steps and int(steps[1]) > 0 and int(steps[2]) > 0, table
+    cache = re.search(r"forward vs cache; cache built once in [\d.]+ s\) \| ([\d.]+) ms \| ([\d.]+) ms", table)
+    assert cache and float(cache[1]) > 0, table
+    assert "2 activation histograms (2/2 identical)" in table, table
