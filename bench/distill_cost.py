@@ -11,12 +11,11 @@ teacher's outputs could save (BENCHMARKS.md section 6).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-NEEDED = ("data/data.json", "teacher/teacher.json")
+from bench.finished_run import load_teacher_run, missing_teacher
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,27 +26,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, nargs="+", default=None, help="teacher layers the student keeps")
     arguments = parser.parse_args(argv)
     run: Path = arguments.run_dir
-    missing = [name for name in NEEDED if not (run / name).is_file()]
-    if missing:
-        print(f"error: {run} has no trained teacher (missing {', '.join(missing)})", file=sys.stderr)
+    if missing_teacher(run):
         return 2
     if arguments.batches < 1 or arguments.batch_size < 1:
         print("error: --batches and --batch-size must be at least 1", file=sys.stderr)
         return 2
     import torch
 
-    from enginekit.tokenization import TextEncoder
-    from tasks.config import SmallerStudentConfig
-    from tasks.data import PreparedData
-    from tasks.modeling import SplitBatches
     from tasks.quantize import layer_subset
-    from tasks.teacher import TeacherResult
 
-    data = PreparedData(**json.loads((run / "data" / "data.json").read_text()))
-    result = TeacherResult(**json.loads((run / "teacher" / "teacher.json").read_text()))
-    layers = arguments.layers or SmallerStudentConfig().layer_indices(result.num_layers)
-    encoder = TextEncoder(result.tokenizer_dir, result.max_seq_length)
-    train = SplitBatches.from_dataset(data.load()["train"])
+    loaded = load_teacher_run(run)
+    result, encoder, train = loaded.result, loaded.encoder, loaded.train
+    layers = arguments.layers or loaded.layers
     teacher = result.load("cpu").eval()
     student = layer_subset(teacher, layers).train()
     for parameter in student.parameters():

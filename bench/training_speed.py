@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
-import json
 import platform
 import sys
 import time
@@ -32,19 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-NEEDED = ("data/data.json", "teacher/teacher.json")
-
-
-def _token_length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """The alternative measured and not adopted: rows sorted by exact token length inside the same windows."""
-    order = rng.permutation(len(lengths))
-    window = batch_size * 50
-    batches = []
-    for start in range(0, len(order), window):
-        chunk = order[start : start + window]
-        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-    return batches
+from bench.finished_run import load_teacher_run, missing_teacher
 
 
 def _grouping(split, encoder, batch_size: int) -> list[tuple[int, float, float]]:
@@ -54,7 +41,7 @@ def _grouping(split, encoder, batch_size: int) -> list[tuple[int, float, float]]
     rows = []
     for batches in (
         split._bucketed_batches(batch_size, np.random.default_rng(1)),
-        _token_length_batches(lengths, batch_size, np.random.default_rng(1)),
+        split._bucketed_batches(batch_size, np.random.default_rng(1), keys=lengths),
     ):
         padded = sum(int(lengths[b].max()) * len(b) for b in batches)
         classes = float(np.mean([len(set(split.labels[b].tolist())) for b in batches]))
@@ -92,7 +79,7 @@ def _adamw_steps(teacher, split, encoder, steps: int) -> tuple[float, float]:
     return seconds["default"] / steps, seconds["fused"] / steps
 
 
-def _targets(teacher, split, encoder, layers: list[int], steps: int) -> tuple[float, float, float]:
+def _targets(teacher, split, encoder, layers: list[int], steps: int) -> tuple[float, float, float, int]:
     import torch
 
     from tasks.modeling import to_torch
@@ -115,7 +102,7 @@ def _targets(teacher, split, encoder, layers: list[int], steps: int) -> tuple[fl
             raise SystemExit("error: a training row was not found in the cache")
         lookup += time.perf_counter() - middle
         forward += middle - started
-    return forward / steps, lookup / steps, build
+    return forward / steps, lookup / steps, build, targets.nbytes
 
 
 def _entropy(teacher, split, encoder, quantizers: int) -> tuple[int, int, float, float]:
@@ -163,27 +150,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantizers", type=int, default=6, help="histograms searched by both entropy codes")
     arguments = parser.parse_args(argv)
     run: Path = arguments.run_dir
-    missing = [name for name in NEEDED if not (run / name).is_file()]
-    if missing:
-        print(f"error: {run} has no trained teacher (missing {', '.join(missing)})", file=sys.stderr)
+    if missing_teacher(run):
         return 2
     if arguments.steps < 1 or arguments.quantizers < 1:
         print("error: --steps and --quantizers must be at least 1", file=sys.stderr)
         return 2
     import torch
 
-    from enginekit.tokenization import TextEncoder
-    from tasks.config import SmallerStudentConfig
-    from tasks.data import PreparedData
-    from tasks.modeling import SplitBatches
-    from tasks.teacher import TeacherResult
-
-    data = PreparedData(**json.loads((run / "data" / "data.json").read_text()))
-    result = TeacherResult(**json.loads((run / "teacher" / "teacher.json").read_text()))
-    encoder = TextEncoder(result.tokenizer_dir, result.max_seq_length)
-    train = SplitBatches.from_dataset(data.load()["train"])
+    loaded = load_teacher_run(run)
+    result, encoder, train, layers = loaded.result, loaded.encoder, loaded.train, loaded.layers
     teacher = result.load("cpu").eval()
-    layers = SmallerStudentConfig().layer_indices(result.num_layers)
 
     lines = [
         f"Run `{run.name}`, {len(train)} training rows; {platform.processor() or platform.machine()}, "
@@ -204,9 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         f"| teacher training step, B32 (AdamW default vs fused) | {1000 * default_step:.0f} ms | "
         f"{1000 * fused_step:.0f} ms | x{default_step / fused_step:.2f} |"
     )
-    forward, lookup, build = _targets(teacher, train, encoder, layers, arguments.steps)
+    forward, lookup, build, size = _targets(teacher, train, encoder, layers, arguments.steps)
     lines.append(
-        f"| teacher outputs per distillation batch (forward vs cache; cache built once in {build:.1f} s) | "
+        f"| teacher outputs per distillation batch (forward vs cache; cache of {size / 2**20:.0f} MiB "
+        f"built once in {build:.1f} s) | "
         f"{1000 * forward:.1f} ms | {1000 * lookup:.1f} ms | x{forward / lookup:.1f} |"
     )
     count, identical, theirs, ours = _entropy(teacher, train, encoder, arguments.quantizers)

@@ -120,7 +120,9 @@ class SplitBatches:
             self._tokenized = (encoder, encoder.tokenize(self.texts, self.pairs))
         return self._tokenized[1]
 
-    def _bucketed_batches(self, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    def _bucketed_batches(
+        self, batch_size: int, rng: np.random.Generator, keys: np.ndarray | None = None
+    ) -> list[np.ndarray]:
         """Shuffle, then group rows by length inside windows of 50 batches so each batch pads little.
 
         Batches are padded to their longest row; search queries range from 1 to ~20 words, so random
@@ -133,15 +135,18 @@ class SplitBatches:
         grid again (``python -m bench.training_speed`` measures both groupings; BENCHMARKS.md section 6).
         """
         order = rng.permutation(len(self))
-        lengths = np.array([len(text) + (len(self.pairs[i]) if self.pairs else 0) for i, text in enumerate(self.texts)])
+        if keys is None:  # ``keys``: another grouping to measure against (bench/training_speed.py)
+            lengths = np.array(
+                [len(text) + (len(self.pairs[i]) if self.pairs else 0) for i, text in enumerate(self.texts)]
+            )
+            keys = lengths // 16
         # Rows of one bucket stay in shuffled order, so a batch does not become one class where query length
         # correlates with class.
-        buckets = lengths // 16
         window = batch_size * 50
         batches = []
         for start in range(0, len(order), window):
             chunk = order[start : start + window]
-            chunk = chunk[np.argsort(buckets[chunk], kind="stable")]
+            chunk = chunk[np.argsort(keys[chunk], kind="stable")]
             batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
         rng.shuffle(batches)
         return batches

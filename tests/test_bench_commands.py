@@ -326,6 +326,8 @@ def test_training_speed_measures_each_change_against_what_it_replaced(tiny_build
     assert tokens and int(tokens[2]) <= int(tokens[1]), table
     steps = re.search(r"AdamW default vs fused\) \| (\d+) ms \| (\d+) ms \| x([\d.]+)", table)
     assert steps and int(steps[1]) > 0 and int(steps[2]) > 0, table
-    cache = re.search(r"forward vs cache; cache built once in [\d.]+ s\) \| ([\d.]+) ms \| ([\d.]+) ms", table)
+    cache = re.search(
+        r"forward vs cache; cache of \d+ MiB built once in [\d.]+ s\) \| ([\d.]+) ms \| ([\d.]+) ms", table
+    )
     assert cache and float(cache[1]) > 0, table
     assert "2 activation histograms (2/2 identical)" in table, table
