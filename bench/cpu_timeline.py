@@ -2,9 +2,11 @@
 
 ``CpuTimeline`` samples, in a thread of the load-test process:
 
-- CPU seconds of every thread of the server, by OS thread name (``serving.osthreads`` names the batcher
-  and the follower; the thread pools show as the interpreter's name), of the server's children (the fetch
-  process), of the stand-in S3 server and of the load client;
+- CPU seconds of the server process and of each of its threads, summed by OS thread name
+  (``serving.osthreads`` names the batcher and the follower; a thread takes the name of the thread that
+  created it, so an engine's ONNX Runtime workers show as ``int8-follower``, the tokenizer pool as the
+  interpreter's name), of the server's children (the fetch process), of the stand-in S3 server and of
+  the load client;
 - the server's own counters from ``/metrics``: engine seconds and rows (batch-size histogram sums), queue
   time, rows queued.
 
@@ -62,13 +64,13 @@ def children_cpu_seconds(pid: int) -> float:
 
 
 def thread_cpu_seconds(pid: int) -> dict[str, float]:
-    """CPU seconds per thread of ``pid``, keyed ``<name>`` (or ``<name>#<n>`` for the n-th of a name)."""
+    """CPU seconds per live thread of ``pid``, keyed ``<tid>:<name>`` (tids are not reused within a run;
+    names repeat: an engine's worker threads take the name of the thread that created them)."""
     per_thread: dict[str, float] = {}
     try:
-        tasks = sorted(Path(f"/proc/{pid}/task").iterdir(), key=lambda path: int(path.name))
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
         return per_thread
-    seen: dict[str, int] = {}
     for task in tasks:
         seconds = _cpu_seconds(task / "stat")
         try:
@@ -79,9 +81,7 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
             continue
         if task.name == str(pid):
             name = "main (event loop)"
-        seen[name] = seen.get(name, 0) + 1
-        key = name if seen[name] == 1 else f"{name}#{seen[name]}"
-        per_thread[key] = seconds
+        per_thread[f"{task.name}:{name}"] = seconds
     return per_thread
 
 
@@ -102,6 +102,8 @@ def server_counters(url: str) -> dict[str, float]:
 class Sample:
     at: float
     server_threads: dict[str, float]
+    server_total: float
+    """The whole server process, threads that exited since included (each swap frees an engine's pool)."""
     processes: dict[str, float]
     counters: dict[str, float]
 
@@ -136,7 +138,9 @@ class CpuTimeline:
             counters = server_counters(self.url)
         except OSError:
             counters = {}
-        self.samples.append(Sample(time.time(), thread_cpu_seconds(self.server_pid), processes, counters))
+        threads = thread_cpu_seconds(self.server_pid)
+        total = process_cpu_seconds(self.server_pid)
+        self.samples.append(Sample(time.time(), threads, total, processes, counters))
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -158,12 +162,20 @@ class CpuTimeline:
                 if after[name] - before.get(name, 0.0) > 0.005 * span
             }
 
-        threads = dict(sorted(rate(first.server_threads, last.server_threads).items(), key=lambda kv: -kv[1]))
+        by_name: dict[str, float] = {}
+        for key, cores in rate(first.server_threads, last.server_threads).items():
+            name = key.partition(":")[2]
+            by_name[name] = round(by_name.get(name, 0.0) + cores, 3)
+        total = round((last.server_total - first.server_total) / span, 3)
+        exited = round(total - sum(by_name.values()), 3)
+        if exited > 0.005:
+            by_name["threads that exited"] = exited
+        threads = dict(sorted(by_name.items(), key=lambda kv: -kv[1]))
         delta = {name: last.counters.get(name, 0.0) - first.counters.get(name, 0.0) for name in _COUNTERS.values()}
         calls, rows = delta["engine_calls"], delta["rows"]
         return {
             "seconds": round(span, 1),
-            "server_cores": round(sum(threads.values()), 3),
+            "server_cores": total,
             "server_threads_cores": threads,
             "other_cores": rate(first.processes, last.processes),
             "engine_busy": round(delta["engine_seconds"] / span, 3),

@@ -45,6 +45,24 @@ def check_compatible(manifest: Manifest, installed_version: str) -> None:
 
 
 _shared_pool_threads: int | None = None
+_spinning: bool | None = None
+
+
+def set_intra_op_spinning(allow: bool | None) -> None:
+    """How the intra-op threads of engines created from now on wait for work (per-session pools only: the
+    process-wide pool of ``share_thread_pool`` always spins, and Python cannot change it).
+
+    None: ONNX Runtime's default: they spin, also between runs. True: they spin inside a run and stop when
+    it returns (``session.force_spinning_stop``). False: they never spin.
+
+    Spinning between runs holds the cores: a server at 75% engine load measured 1.7 of its 2 cores busy,
+    so work at a lower priority (staging the next version) got no core in the gaps between batches. Never
+    spinning frees them but costs ~1 ms per single-row batch and ~15% of the server's saturation rows/s;
+    spinning inside runs only kept the latency of spinning (demo engine, 2-core AVX2 machine, 80% duty:
+    B1 1.3-1.7 ms against 1.3-1.8 spinning and 2.7-2.8 never) with the cores idle between runs (BENCHMARKS.md
+    section 7)."""
+    global _spinning
+    _spinning = allow
 
 
 def share_thread_pool(threads: int) -> bool:
@@ -87,6 +105,10 @@ class OnnxRuntimeEngine:
         else:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+            if _spinning is not None:
+                options.add_session_config_entry("session.intra_op.allow_spinning", "1" if _spinning else "0")
+                if _spinning:
+                    options.add_session_config_entry("session.force_spinning_stop", "1")
         self._session = ort.InferenceSession(
             str(bundle_dir / manifest.engine_file), options, providers=[EXECUTION_PROVIDER]
         )

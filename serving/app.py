@@ -215,6 +215,10 @@ def build_state(settings: ServerSettings) -> ServerState:
 
         if not share_thread_pool(settings.engine_threads):
             logger.warning("ONNX Runtime's thread pool was set up before this server: engines keep their own pools")
+    else:
+        from enginekit.runtime_onnx import set_intra_op_spinning
+
+        set_intra_op_spinning(settings.engine_spinning)
     start_shared_pools()  # before the follower's niced thread could be the one to start them
     engines = EngineSet(settings.swap.keep_previous_s)
     metrics = ServerMetrics(engines)

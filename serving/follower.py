@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import threading
 import time
@@ -176,14 +175,12 @@ class ChannelFollower:
             self.fetcher.close()
 
     def _loop(self) -> None:
+        # At normal priority, unlike the fetch process: this thread builds the engine, and the engine's
+        # ONNX Runtime worker threads inherit the priority of the thread that creates them (they serve
+        # after the swap). What it runs is small (build ~0.1 s of a core, warm-up and golden runs of a few
+        # ms each, paced by ``_pace``); a niced thread would also hold the GIL at that priority, and a
+        # worker spinning at full priority would wait for a niced caller (BENCHMARKS.md section 7).
         name_os_thread("int8-follower")
-        if self.settings.swap.staging_nice:
-            # This thread only: the event loop, the batcher and the thread pools keep theirs (the server
-            # starts the pools at normal priority first: ``serving.osthreads``).
-            try:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.settings.swap.staging_nice)
-            except (OSError, AttributeError) as error:  # not Linux, or not allowed: staging at normal priority
-                logger.info("staging thread keeps its priority: %s", error)
         first = True
         while not self._stop.is_set():
             try:

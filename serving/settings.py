@@ -82,10 +82,12 @@ class SwapSettings(_Section):
     if your runtime pays per shape (a TensorRT engine with many profiles, say)."""
     allow_label_change: bool = False
     """Refuse a version whose label set differs from the serving one's (clients read labels by name)."""
-    staging_yield_ms: float = Field(default=250.0, ge=0.0)
+    staging_yield_ms: float = Field(default=50.0, ge=0.0)
     """Before each engine run of a version being staged (warm-up shapes, golden replay chunks), wait up to
     this long for the server to have no request queued or running, so staging fills the gaps between
-    serving batches instead of delaying them (the engines share one thread pool). 0: do not wait."""
+    serving batches instead of delaying them. 0: do not wait. Each staging run is a few milliseconds (one
+    row per bucket, 8-row golden chunks); at 250 ms the waits alone made a swap last up to 2.3 s on a
+    busy 2-core machine (BENCHMARKS.md section 7)."""
     staging_chunk_rows: int = Field(default=8, gt=0)
     """Rows per engine run of the golden replay while staging: short runs, so a request that arrives
     during one waits little."""
@@ -94,10 +96,12 @@ class SwapSettings(_Section):
     and hashing do not share the GIL with the requests being served."""
     fetch_timeout_s: float = Field(default=600.0, gt=0.0)
     """A download that takes longer is abandoned (the version is refused until the pointer moves again)."""
-    staging_nice: int = Field(default=10, ge=0, le=19)
-    """OS scheduling niceness of the fetch process (download and hashing) and of the thread that builds
-    new versions (Linux: per thread), so that on a busy machine requests get the cores first and staging
-    takes what is left."""
+    staging_nice: int = Field(default=19, ge=0, le=19)
+    """OS scheduling niceness of the fetch process (download and hashing: most of a swap's work), so that
+    on a busy machine requests get the cores first and the download takes what is left. 19, the lowest
+    priority: a CPU-bound process at 10 still slowed the engine's batches by ~18% on a 2-core machine, at
+    19 by ~2% (BENCHMARKS.md section 7). The server's own threads keep normal priority (the follower
+    builds engines, whose worker threads inherit its priority and serve after the swap)."""
 
 
 class ServerSettings(BaseSettings):
@@ -116,9 +120,15 @@ class ServerSettings(BaseSettings):
     connection at the moment it closes, and that request fails for nothing."""
     engine_threads: int = Field(default=0, ge=0)
     """ONNX Runtime intra-op threads; 0 = one per physical core."""
-    shared_thread_pool: bool = True
+    shared_thread_pool: bool = False
     """All engines of the process (serving, previous, the one being staged) share one ONNX Runtime thread
-    pool, so staging a new version queues behind serving instead of adding a second pool of threads."""
+    pool. Its threads always spin between batches (ONNX Runtime offers no switch from Python), which keeps
+    the cores busy in the gaps that a low-priority download needs; off by default: each engine has its own
+    pool (``engine_spinning`` applies)."""
+    engine_spinning: bool = True
+    """The engines' intra-op threads spin while a run is in progress and stop when it returns, so the
+    cores are idle between batches and staging a new version (at a lower priority) runs there. False: they
+    never spin (about 1 ms more per single-row batch on a 2-core machine). Per-session pools only."""
     limits: LimitSettings = LimitSettings()
     batching: BatchingSettings = BatchingSettings()
     swap: SwapSettings = SwapSettings()

@@ -198,6 +198,35 @@ def test_serve_load_runs_every_phase_and_reports_the_targets(tiny_build, tmp_pat
     phases = report["phases"]
     staging, between = phases["swaps: staging"]["requests"], phases["swaps: between moves"]["requests"]
     assert staging > 0 and between > 0 and staging + between == phases["swaps"]["requests"]
+    # steady state: every request sent while nothing was staging, in the same run
+    outside = phases["before"]["requests"] + between + phases["after"]["requests"]
+    assert phases["steady: no staging"]["requests"] == outside
+    # the staging time split by the server's phases: disjoint spans inside the staging windows
+    from bench.serve_load import SWAP_PHASES
+
+    by_phase = [p["requests"] for name, p in phases.items() if name.startswith("swaps: ") and name[7:] in SWAP_PHASES]
+    assert by_phase and sum(by_phase) <= staging
+
+
+def test_serve_load_lays_each_swap_phase_back_from_the_server_record():
+    from bench.serve_load import SWAP_PHASES, _phase_windows
+    from serving.follower import PHASES
+
+    assert SWAP_PHASES == PHASES  # the bench's copy (its clients must not import the server) is current
+
+    move = {
+        "moved_at": 100.0,
+        "server_swap": {"at": 110.0, "phase_seconds": {"download": 3.0, "build": 1.0, "golden": 2.0}},
+    }
+    assert _phase_windows(move) == [
+        ("poll wait", 100.0, 104.0),
+        ("download", 104.0, 107.0),
+        ("build", 107.0, 108.0),
+        ("golden", 108.0, 110.0),
+    ]
+    refused = {"moved_at": 5.0, "server_failure": {"at": 7.5, "phase_seconds": {"download": 0.5}}}
+    assert _phase_windows(refused) == [("poll wait", 5.0, 7.0), ("download", 7.0, 7.5)]
+    assert _phase_windows({"moved_at": 1.0, "result": "timeout"}) == []
 
 
 def test_the_run_report_gives_programs_its_stage_times(tiny_build, tmp_path, monkeypatch):
