@@ -273,7 +273,6 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
             "model_name": model,
             "store": store_settings,
             "port": port,
-            "engine_threads": threads,
             "swap": {
                 "poll_interval_s": arguments.poll,
                 "state_dir": str(work / "serving"),

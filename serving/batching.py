@@ -1,11 +1,12 @@
 """Dynamic batching: concurrent requests coalesced into engine batches of rows of similar token length.
 
-Requests wait in one bounded queue (counted in rows). A single worker thread — never the event loop —
-takes everything queued once the first row has waited ``max_queue_delay_ms`` (or a full batch is there),
-tokenizes it, groups the rows by token-length bucket so a short query is not padded to a long one, runs
-each group in batches of at most ``max_batch_size`` rows on the engine that is serving when the group was
-taken, and answers each request as soon as its last row is done. Every row of a request runs on the same
-engine, so a swap in the middle never mixes versions inside one answer.
+Requests wait in one bounded queue (counted in rows). Worker threads (``workers``: one per core by
+default, each running single-threaded engine calls; never the event loop) each take what is queued once
+the first row has waited ``max_queue_delay_ms`` (or a full batch is there), tokenize it, group the rows by
+token-length bucket so a short query is not padded to a long one, run each group in batches of at most
+``max_batch_size`` rows on the engine that is serving when the group was taken, and answer each request
+as soon as its last row is done. Every row of a request runs on the same engine, so a swap in the middle
+never mixes versions inside one answer.
 
 Back-pressure instead of growth: a request that would push the queue past ``max_queued_rows`` is refused
 at once (``OverloadedError``: 503 with Retry-After), and a request still queued at its deadline is answered
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import os
 import threading
 import time
 from collections import deque
@@ -98,9 +100,15 @@ class Batcher:
         self._queued_rows = 0
         self._condition = threading.Condition()
         self._stopping = False
-        self._running = False
-        """The worker is running rows on an engine (guarded by ``_condition``)."""
-        self._thread = threading.Thread(target=self._work, name="batcher", daemon=True)
+        self._running = 0
+        """Workers running rows on an engine (guarded by ``_condition``)."""
+        workers = settings.workers or os.cpu_count() or 1
+        self._threads = [
+            threading.Thread(target=self._work, name=f"batcher-{index}", daemon=True) for index in range(workers)
+        ]
+        self._take_rows = max(settings.max_batch_size, 4 * settings.max_batch_size // workers)
+        """Rows one worker takes at most: a few batches' worth, so rows of equal length can find each other
+        across requests, shared out when several workers are idle."""
         self.seconds_per_row = 0.001
         """Moving average of engine seconds per row: sizes the Retry-After hint."""
 
@@ -109,7 +117,8 @@ class Batcher:
         return self._queued_rows
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Block until no row is queued or running, or ``timeout_s`` has passed; True if idle.
@@ -130,7 +139,8 @@ class Batcher:
         with self._condition:
             self._stopping = True
             self._condition.notify_all()
-        self._thread.join(timeout=10)
+        for thread in self._threads:
+            thread.join(timeout=10)
 
     async def submit(self, texts: list[str], pairs: list[str] | None, timeout_ms: float | None) -> BatchResult:
         if self.engines.current is None:
@@ -158,25 +168,28 @@ class Batcher:
         """Wait for rows, give the first one max_queue_delay_ms to gather company, take what is queued."""
         delay = self.settings.max_queue_delay_ms / 1000
         with self._condition:
-            while not self._queue and not self._stopping:
-                self._condition.wait()
-            if self._stopping:
-                return None
-            gather_until = self._queue[0].enqueued + delay
-            while self._queued_rows < self.settings.max_batch_size and not self._stopping:
-                remaining = gather_until - time.monotonic()
-                if remaining <= 0:
+            while True:
+                while not self._queue and not self._stopping:
+                    self._condition.wait()
+                if self._stopping:
+                    return None
+                gather_until = self._queue[0].enqueued + delay
+                while self._queued_rows < self.settings.max_batch_size and not self._stopping:
+                    remaining = gather_until - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._condition.wait(remaining)
+                if self._queue:  # another worker may have taken everything while this one waited
                     break
-                self._condition.wait(remaining)
             taken: list[_Pending] = []
             rows = 0
             # Up to a few batches' worth, so rows of equal length can find each other across requests.
-            while self._queue and (not taken or rows + len(self._queue[0]) <= 4 * self.settings.max_batch_size):
+            while self._queue and (not taken or rows + len(self._queue[0]) <= self._take_rows):
                 item = self._queue.popleft()
                 taken.append(item)
                 rows += len(item)
             self._queued_rows -= rows
-            self._running = True
+            self._running += 1
             return taken
 
     def _work(self) -> None:
@@ -189,9 +202,9 @@ class Batcher:
                 self._serve(taken)
             finally:
                 with self._condition:
-                    self._running = False
-                    if not self._queue:
-                        self._condition.notify_all()  # wakes wait_idle (submit notifies only the worker)
+                    self._running -= 1
+                    if not self._queue and not self._running:
+                        self._condition.notify_all()  # wakes wait_idle (submit notifies only the workers)
 
     def _serve(self, taken: list[_Pending]) -> None:
         now = time.monotonic()

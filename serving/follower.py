@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -175,12 +176,23 @@ class ChannelFollower:
             self.fetcher.close()
 
     def _loop(self) -> None:
-        # At normal priority, unlike the fetch process: this thread builds the engine, and the engine's
-        # ONNX Runtime worker threads inherit the priority of the thread that creates them (they serve
-        # after the swap). What it runs is small (build ~0.1 s of a core, warm-up and golden runs of a few
-        # ms each, paced by ``_pace``); a niced thread would also hold the GIL at that priority, and a
-        # worker spinning at full priority would wait for a niced caller (BENCHMARKS.md section 7).
         name_os_thread("int8-follower")
+        nice = self.settings.swap.staging_nice
+        if nice and self.settings.engine_threads == 1 and not self.settings.shared_thread_pool:
+            # This thread only: the event loop, the batcher workers and the tokenizer pool keep theirs (the
+            # server starts the pool at normal priority first: ``serving.osthreads``). Engines with one
+            # intra-op thread start no threads of their own, so building one here does not leave threads
+            # at this priority behind to serve after the swap.
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+            except (OSError, AttributeError) as error:  # not Linux, or not allowed: staging at normal priority
+                logger.info("staging thread keeps its priority: %s", error)
+        elif nice:
+            logger.info(
+                "staging at normal priority: engines with %s intra-op threads start threads that inherit the "
+                "priority of the thread that builds them (only the download runs niced)",
+                self.settings.engine_threads or "automatic",
+            )
         first = True
         while not self._stop.is_set():
             try:

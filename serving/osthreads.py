@@ -35,11 +35,14 @@ def name_os_thread(name: str) -> None:
 
 
 def start_shared_pools() -> None:
-    """Create the tokenizer library's worker pool now, from this thread (see the module's docstring).
+    """Start, from this thread, the threads that libraries create on first use (see the module's
+    docstring): ONNX Runtime's, started by its import, and the tokenizer library's worker pool.
 
     The ``tokenizers`` library parallelises ``encode_batch`` on one process-wide pool that it starts on
     the first parallel call; a two-text batch of a throwaway tokenizer is such a call.
     """
+    import onnxruntime  # noqa: F401 - the import itself starts a thread
+
     try:
         from tokenizers import Tokenizer
         from tokenizers.models import WordLevel

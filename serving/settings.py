@@ -43,6 +43,11 @@ class BatchingSettings(_Section):
     """Rows per engine call (capped by the bundle's max_batch_size)."""
     max_queue_delay_ms: float = Field(default=2.0, ge=0.0)
     """How long the batcher waits for more rows after the first one arrives (a latency/throughput knob)."""
+    workers: int = Field(default=0, ge=0)
+    """Threads that run engine batches concurrently (0: one per core). With ``engine_threads: 1`` (the
+    default) each batch runs on its own thread: two cores serve two batches at once instead of one batch on
+    two threads that wait for each other at every layer, and an engine has no worker threads of its own,
+    so it can be built and checked at the staging priority (``swap.staging_nice``)."""
     max_queued_rows: int = Field(default=4096, gt=0)
     """Rows waiting for the engine; beyond this a request is answered 503 with Retry-After at once. Large
     enough to absorb a burst (requests that arrived during a pause); the deadline bounds the latency."""
@@ -97,11 +102,12 @@ class SwapSettings(_Section):
     fetch_timeout_s: float = Field(default=600.0, gt=0.0)
     """A download that takes longer is abandoned (the version is refused until the pointer moves again)."""
     staging_nice: int = Field(default=19, ge=0, le=19)
-    """OS scheduling niceness of the fetch process (download and hashing: most of a swap's work), so that
-    on a busy machine requests get the cores first and the download takes what is left. 19, the lowest
-    priority: a CPU-bound process at 10 still slowed the engine's batches by ~18% on a 2-core machine, at
-    19 by ~2% (BENCHMARKS.md section 7). The server's own threads keep normal priority (the follower
-    builds engines, whose worker threads inherit its priority and serve after the swap)."""
+    """OS scheduling niceness of the fetch process (download and hashing) and of the follower thread that
+    builds, warms and checks new versions, so that on a busy machine requests get the cores first and
+    staging takes what is left. 19, the lowest priority: a CPU-bound process at 10 still slowed the
+    engine's batches by ~18% on a 2-core machine, at 19 by ~2% (``bench.serve_threads``). The follower is
+    niced only while engines have no intra-op worker threads (``engine_threads: 1``): those inherit the
+    priority of the thread that builds the engine, and serve after the swap."""
 
 
 class ServerSettings(BaseSettings):
@@ -118,8 +124,11 @@ class ServerSettings(BaseSettings):
     """How long an idle client connection stays open. Longer than the clients' and load balancers' own
     idle timeouts (aiohttp 15 s, AWS ALB 60 s): when the server closes first, a client can send on a
     connection at the moment it closes, and that request fails for nothing."""
-    engine_threads: int = Field(default=0, ge=0)
-    """ONNX Runtime intra-op threads; 0 = one per physical core."""
+    engine_threads: int = Field(default=1, ge=0)
+    """ONNX Runtime intra-op threads per engine call (0: one per physical core). 1 by default: the
+    batcher's workers (``batching.workers``) give the parallelism. With more than one, an engine has worker
+    threads, which inherit the priority of the thread that builds it: the follower then stages at normal
+    priority (only the download stays niced)."""
     shared_thread_pool: bool = False
     """All engines of the process (serving, previous, the one being staged) share one ONNX Runtime thread
     pool. Its threads always spin between batches (ONNX Runtime offers no switch from Python), which keeps

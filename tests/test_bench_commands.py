@@ -360,3 +360,25 @@ def test_training_speed_measures_each_change_against_what_it_replaced(tiny_build
     )
     assert cache and float(cache[1]) > 0, table
     assert "2 activation histograms (2/2 identical)" in table, table
+
+
+def test_serve_threads_measures_spin_modes_and_background_priority(tiny_build, tmp_path):
+    from bench.serve_threads import SPIN_MODES, main
+
+    out = tmp_path / "threads"
+    arguments = ["--bundle", str(tiny_build.bundle_dir), "--seconds", "0.2", "--threads", "2", "--out", str(out)]
+    assert main(arguments) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert set(report["spinning"]) == set(SPIN_MODES)
+    for sizes in report["spinning"].values():
+        assert set(sizes) == {"B1", "B8", "B32"} and all(r["runs"] > 0 and r["cores"] > 0 for r in sizes.values())
+    jobs = {(r["job"], r["nice"]) for r in report["background"]}
+    assert ("busy loop", 19) in jobs and ("sha256 of the engine file", 10) in jobs and ("none", None) in jobs
+    assert "| background job | niceness |" in out.with_suffix(".md").read_text()
+
+
+def test_serve_threads_refuses_a_folder_that_is_not_a_bundle(tmp_path, capsys):
+    from bench.serve_threads import main
+
+    assert main(["--bundle", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: ")

@@ -27,8 +27,8 @@ def served(tiny_build, seaweedfs, tmp_path_factory):
     publisher = ChannelPublisher(seaweedfs, model, tiny_build.bundle_dir, root / "versions")
     version = publisher.publish()
     limits = {"max_texts_per_request": 16, "max_chars_per_text": 500, "max_body_bytes": 64 * 1024}
-    # Two engine threads: each engine has an ONNX Runtime worker thread, whose priority the tests check.
-    settings = server_settings(seaweedfs, model, root / "state", limits=limits, engine_threads=2)
+    # Two batcher workers (one engine thread each): the tests check every thread's priority.
+    settings = server_settings(seaweedfs, model, root / "state", limits=limits, batching={"workers": 2})
     server = ServerProcess(root / "server", settings)
     server.start()
     yield server, version, model
@@ -117,22 +117,22 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread priorities are read from Linux's /proc")
-def test_the_download_runs_niced_and_every_serving_thread_does_not(served):
-    """Threads take the niceness of the thread that creates them: the engines' worker threads (created by
-    the follower that builds them) and the tokenizer's pool must serve at normal priority; the fetch
-    process, where a swap's download and hashing run, at the lowest."""
+def test_staging_runs_niced_and_every_serving_thread_does_not(served):
+    """Threads take the niceness of the thread that creates them: had the staging thread started the
+    tokenizer's pool, every request's tokenization would run at the staging priority. The follower (which
+    builds single-threaded engines: no threads of their own) and the fetch process run at the lowest."""
     server, _version, _model = served
     assert post_json(server.url + "/v1/classify", {"texts": TEXTS})[0] == 200
     assert server.process is not None
     threads = _threads(server.process.pid)
     names = [name for name, _nice in threads]
-    assert "int8-batcher" in names and "int8-follower" in names, threads
-    assert [(name, nice) for name, nice in threads if nice != 0] == []
-    # the engine's ONNX Runtime worker: created by the follower, named after it by inheritance
-    assert names.count("int8-follower") >= 2, threads
+    assert names.count("int8-batcher") == 2 and "int8-follower" in names, threads
+    assert [nice for name, nice in threads if name == "int8-follower"] == [19]  # staging_nice's default
+    assert [(name, nice) for name, nice in threads if name != "int8-follower" and nice != 0] == []
+    assert len(threads) > 4  # the pools exist: the check above covered them
     fetchers = [child for child in _children(server.process.pid) if "serving.fetcher" in _cmdline(child)]
     assert len(fetchers) == 1
-    assert {nice for _name, nice in _threads(fetchers[0])} == {19}  # staging_nice's default
+    assert {nice for _name, nice in _threads(fetchers[0])} == {19}
 
 
 def _cmdline(pid: int) -> str:
