@@ -55,12 +55,10 @@ def set_intra_op_spinning(allow: bool | None) -> None:
     None: ONNX Runtime's default: they spin, also between runs. True: they spin inside a run and stop when
     it returns (``session.force_spinning_stop``). False: they never spin.
 
-    Spinning between runs holds the cores: a server at 75% engine load measured 1.7 of its 2 cores busy,
-    so work at a lower priority (staging the next version) got no core in the gaps between batches. Never
-    spinning frees them but costs ~1 ms per single-row batch and ~15% of the server's saturation rows/s;
-    spinning inside runs only kept the latency of spinning (demo engine, 2-core AVX2 machine, 80% duty:
-    B1 1.3-1.7 ms against 1.3-1.8 spinning and 2.7-2.8 never) with the cores idle between runs (BENCHMARKS.md
-    section 7)."""
+    Spinning between runs holds the cores: at an 80% duty cycle on a 2-core machine a two-threaded engine
+    kept 1.8 cores busy, so work at a lower priority (staging the next version) got no core in the gaps
+    between batches; spinning inside runs only used 1.5-1.6 cores at the same speed, never spinning cost
+    ~0.9 ms per single-row batch (``bench.serve_threads``, BENCHMARKS.md section 7)."""
     global _spinning
     _spinning = allow
 

@@ -104,8 +104,9 @@ class SwapSettings(_Section):
     staging_nice: int = Field(default=19, ge=0, le=19)
     """OS scheduling niceness of the fetch process (download and hashing) and of the follower thread that
     builds, warms and checks new versions, so that on a busy machine requests get the cores first and
-    staging takes what is left. 19, the lowest priority: a CPU-bound process at 10 still slowed the
-    engine's batches by ~18% on a 2-core machine, at 19 by ~2% (``bench.serve_threads``). The follower is
+    staging takes what is left. 19, the lowest priority: next to a CPU-bound process at 10 the p99 of the
+    engine's B8 batches on a 2-core machine was 17-18 ms, at 19 13-14 ms, alone 11-13 ms
+    (``bench.serve_threads``). The follower is
     niced only while engines have no intra-op worker threads (``engine_threads: 1``): those inherit the
     priority of the thread that builds the engine, and serve after the swap."""
 
