@@ -278,13 +278,12 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
                 "state_dir": str(work / "serving"),
             },
         }
-        for assignment in arguments.server_set:  # KEY.PATH=YAML-VALUE, e.g. swap.staging_nice=19
-            path, _, value = assignment.partition("=")
+        for path, value in arguments.server_set:  # KEY.PATH=YAML-VALUE, e.g. swap.staging_nice=19
             *parents, leaf = path.split(".")
             section = settings
             for part in parents:
                 section = section.setdefault(part, {})
-            section[leaf] = yaml.safe_load(value)
+            section[leaf] = value
         (work / "serve.yaml").write_text(yaml.safe_dump(settings))
         log = (work / "server.log").open("w")
         server = subprocess.Popen(
@@ -429,6 +428,19 @@ def _start_client(work: Path, url: str, per: int, rate: float, duration: float) 
 SWAP_PHASES = ("download", "verify", "compatibility", "build", "warm", "golden", "swap")
 """The server's phases of a swap, in order (``serving.follower.PHASES``; not imported: the bench's
 client processes must not import the server)."""
+
+
+def server_setting(text: str) -> tuple[str, Any]:
+    """``--server-set KEY.PATH=YAML-VALUE`` as (path, value); argparse turns an error into one line."""
+    import yaml
+
+    path, equals, value = text.partition("=")
+    if not equals or not path or any(not part.isidentifier() for part in path.split(".")):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY.PATH=VALUE, e.g. swap.staging_nice=19")
+    try:
+        return path, yaml.safe_load(value)
+    except yaml.YAMLError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value is not YAML ({error.__class__.__name__})") from None
 
 
 def _phase_windows(move: dict) -> list[tuple[str, float, float]]:
@@ -695,6 +707,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--server-set",
         action="append",
+        type=server_setting,
         default=[],
         metavar="KEY=VALUE",
         help="a server setting for this run, e.g. swap.staging_nice=19 or engine_spinning=true (repeatable)",

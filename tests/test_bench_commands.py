@@ -382,3 +382,20 @@ def test_serve_threads_refuses_a_folder_that_is_not_a_bundle(tmp_path, capsys):
 
     assert main(["--bundle", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+@pytest.mark.parametrize("bad", ["swap.staging_nice", "=3", "swap..nice=1", "workers=[1"])
+def test_serve_load_refuses_a_malformed_server_setting_in_one_line(bad, capsys):
+    from bench.serve_load import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--server-set", bad])
+    assert exit_info.value.code == 2
+    assert "error: argument --server-set" in capsys.readouterr().err
+
+
+def test_serve_load_reads_a_server_setting_as_yaml():
+    from bench.serve_load import server_setting
+
+    assert server_setting("swap.staging_nice=19") == ("swap.staging_nice", 19)
+    assert server_setting("engine_spinning=false") == ("engine_spinning", False)
