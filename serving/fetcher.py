@@ -16,7 +16,9 @@ only what serving leaves), and then serves one request per line:
 - answer (one JSON line on stdout): ``{"digest": ...}`` on success, else ``{"error": KIND, "message": ...}``
   where KIND is ``destination`` (``dest`` exists but is not a valid bundle) or the exception's class.
 
-A child that dies or does not answer within the timeout is killed; the next fetch starts a new one.
+A child that dies or does not answer within the timeout is killed; the next fetch starts a new one. A
+fetch given up early (``give_up_after_s``: the server finishes a late swap through a second child at
+normal priority) stops the child, removes its partial download and starts a new child at once.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import json
 import logging
 import os
 import queue
+import shutil
 import subprocess
 import sys
 import threading
@@ -39,6 +42,11 @@ logger = logging.getLogger("serving.fetcher")
 
 class FetchProcessError(ObjectStoreError):
     """The fetch failed in the child process, or the child did; the message says what and where."""
+
+
+class FetchAbandonedError(Exception):
+    """A fetch was given up after ``give_up_after_s`` (not a failure of the version: the caller fetches it
+    another way). The child was stopped and a new one started; nothing was left in the destination."""
 
 
 class FetchWorker:
@@ -75,8 +83,21 @@ class FetchWorker:
         self._process = process
         return process
 
-    def fetch(self, model: str, version: str, dest: Path, digest: str, *, runtime_only: bool = False) -> Manifest:
-        """``fetch_version`` in the child; the verified manifest of ``dest``, or the child's error."""
+    def fetch(
+        self,
+        model: str,
+        version: str,
+        dest: Path,
+        digest: str,
+        *,
+        runtime_only: bool = False,
+        give_up_after_s: float | None = None,
+    ) -> Manifest:
+        """``fetch_version`` in the child; the verified manifest of ``dest``, or the child's error.
+
+        ``give_up_after_s``: without an answer by then, stop the child, remove its partial download, start a
+        new child for the next fetch and raise ``FetchAbandonedError`` (the follower then fetches the version at
+        normal priority: ``swap.late_after_s``)."""
         request = {
             "model": model,
             "version": version,
@@ -90,11 +111,18 @@ class FetchWorker:
             try:
                 process.stdin.write(json.dumps(request) + "\n")
                 process.stdin.flush()
-                line = self._answers.get(timeout=self.timeout_s)
+                line = self._answers.get(
+                    timeout=self.timeout_s if give_up_after_s is None else min(self.timeout_s, give_up_after_s)
+                )
             except (BrokenPipeError, OSError):
                 line = None
             except queue.Empty:
                 self._kill()
+                if give_up_after_s is not None and give_up_after_s < self.timeout_s:
+                    _remove_partial_copies(dest)
+                    self._ensure_started()  # ready for the next fetch; it starts in the background
+                    message = f"fetching {model}/{version} not done after {give_up_after_s:.2f} s"
+                    raise FetchAbandonedError(message) from None
                 raise FetchProcessError(
                     f"fetching {model}/{version} took longer than {self.timeout_s:.0f} s; the fetch process was "
                     "stopped and the version refused"
@@ -143,6 +171,13 @@ class FetchWorker:
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
+
+
+def _remove_partial_copies(dest: Path) -> None:
+    """What a stopped ``fetch_version`` leaves: its ``.<name>.partial-*`` staging folders next to ``dest``."""
+    if dest.parent.is_dir():
+        for partial in dest.parent.glob(f".{dest.name}.partial-*"):
+            shutil.rmtree(partial, ignore_errors=True)
 
 
 def _read_lines(stream: IO[str], answers: queue.Queue[str | None]) -> None:

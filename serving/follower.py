@@ -15,6 +15,12 @@ pointer names a new version:
 6. **golden** replay: the canary inputs recorded at build time must give the recorded predictions;
 7. **swap** atomically (``EngineSet.swap``): new batches take the new engine, running ones finish on theirs.
 
+Staging runs at the lowest priority (``swap.staging_nice``): the download in the fetch process, build,
+warm-up and golden replay on one niced thread (``int8-stager``), so requests get the cores first. On a
+busy machine that can starve a swap for seconds; once a swap has taken ``swap.late_after_s`` since the
+pointer was seen, what is left runs at normal priority (a second fetch process, the follower's own thread),
+so a new version serves within a bounded time. A server with no engine yet stages at normal priority.
+
 Any failure leaves the serving engine in place, is logged and counted (``swaps_total{result=...}``), and
 is not retried until the pointer changes again. A pointer moved back to the previous version swaps the
 still-resident previous engine back in without loading anything (rollback). If the store is unreachable
@@ -30,10 +36,12 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -42,11 +50,12 @@ from enginekit.objectstore import ChannelPointer, FetchDestinationError, ObjectS
 from enginekit.runtime import IncompatibleBundleError, check_golden, check_runnable, load_engine
 from enginekit.tokenization import MODEL_INPUT_NAMES, EncodedBatch
 from serving.engines import EngineSet, LoadedEngine
-from serving.fetcher import FetchWorker
+from serving.fetcher import FetchAbandonedError, FetchWorker
 from serving.osthreads import name_os_thread
 from serving.settings import ServerSettings
 
 logger = logging.getLogger("serving.follower")
+T = TypeVar("T")
 
 LAST_VERIFIED = "last-verified.json"
 PHASES = ("download", "verify", "compatibility", "build", "warm", "golden", "swap")
@@ -72,6 +81,9 @@ class FollowerStatus:
     last_swap: dict | None = None
     last_failure: dict | None = None
     polls: int = 0
+    late_swaps: int = 0
+    """Swaps that were still staging ``swap.late_after_s`` after the pointer was seen (then finished at
+    normal priority)."""
 
 
 @dataclass
@@ -81,6 +93,8 @@ class SwapObserver:
     swap_result: Callable[[str], None] = lambda _result: None
     phase_seconds: Callable[[str, float], None] = lambda _phase, _seconds: None
     poll_result: Callable[[str], None] = lambda _result: None
+    late: Callable[[str], None] = lambda _phase: None
+    """A swap went late during this phase: the rest of it runs at normal priority."""
     serving: Callable[[LoadedEngine], None] = lambda _engine: None
 
 
@@ -105,6 +119,16 @@ def check_serving_compatibility(manifest: Manifest, serving: Manifest | None, al
             f"the new engine's labels {manifest.labels} differ from the serving ones {serving.labels} "
             "(set swap.allow_label_change to accept a label change)"
         )
+
+
+def _lower_priority(nice: int) -> None:
+    """Initializer of the staging thread: name it and lower its own priority (this thread only; the event
+    loop, the batcher workers and the library pools keep theirs: ``serving.osthreads``)."""
+    name_os_thread("int8-stager")
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (OSError, AttributeError) as error:  # not Linux, or not allowed: staging at normal priority
+        logger.info("staging thread keeps its priority: %s", error)
 
 
 def warm_shapes(
@@ -147,12 +171,34 @@ class ChannelFollower:
         self.engines = engines
         self.observer = observer or SwapObserver()
         self.reader = reader or ObjectStoreReader(settings.store)
+        swap = settings.swap
+        in_child = reader is None and swap.fetch_in_subprocess
         self.fetcher = (
-            FetchWorker(settings.store, nice=settings.swap.staging_nice, timeout_s=settings.swap.fetch_timeout_s)
-            if reader is None and settings.swap.fetch_in_subprocess
-            else None
+            FetchWorker(settings.store, nice=swap.staging_nice, timeout_s=swap.fetch_timeout_s) if in_child else None
         )
         """Downloads run in a niced child process (``serving.fetcher``) unless a reader was handed in."""
+        self.late_fetcher = (
+            FetchWorker(settings.store, nice=0, timeout_s=swap.fetch_timeout_s)
+            if in_child and swap.staging_nice and swap.late_after_s
+            else None
+        )
+        """A second child at normal priority: late downloads, and the first one (nothing served yet)."""
+        self.stager = (
+            ThreadPoolExecutor(
+                1, thread_name_prefix="int8-stager", initializer=_lower_priority, initargs=(swap.staging_nice,)
+            )
+            if swap.staging_nice and settings.engine_threads == 1 and not settings.shared_thread_pool
+            else None
+        )
+        """One niced thread for build, warm-up and golden replay. Engines with one intra-op thread start no
+        threads of their own, so building one there leaves no threads at this priority to serve after the
+        swap (threads inherit their creator's priority). The thread is created by the follower (normal
+        priority) at start and lowers its own priority."""
+        self._late_at: float | None = None
+        """When the swap in progress moves to normal priority (None: never)."""
+        self._late = False
+        self._niced = False
+        """Whether the swap in progress started niced (False while nothing is served)."""
         self.status = FollowerStatus()
         self._etag: str | None = None
         self._failed_etag: str | None = None
@@ -165,29 +211,25 @@ class ChannelFollower:
     # ---- lifecycle
 
     def start(self) -> None:
-        if self.fetcher is not None:
-            self.fetcher.start()
+        for fetcher in (self.fetcher, self.late_fetcher):
+            if fetcher is not None:
+                fetcher.start()
+        if self.stager is not None:
+            self.stager.submit(int)  # create the staging thread now, from this normal-priority thread
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
-        if self.fetcher is not None:
-            self.fetcher.close()
+        for fetcher in (self.fetcher, self.late_fetcher):
+            if fetcher is not None:
+                fetcher.close()
+        if self.stager is not None:
+            self.stager.shutdown(wait=False, cancel_futures=True)
 
     def _loop(self) -> None:
         name_os_thread("int8-follower")
-        nice = self.settings.swap.staging_nice
-        if nice and self.settings.engine_threads == 1 and not self.settings.shared_thread_pool:
-            # This thread only: the event loop, the batcher workers and the tokenizer pool keep theirs (the
-            # server starts the pool at normal priority first: ``serving.osthreads``). Engines with one
-            # intra-op thread start no threads of their own, so building one here does not leave threads
-            # at this priority behind to serve after the swap.
-            try:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-            except (OSError, AttributeError) as error:  # not Linux, or not allowed: staging at normal priority
-                logger.info("staging thread keeps its priority: %s", error)
-        elif nice:
+        if self.settings.swap.staging_nice and self.stager is None:
             logger.info(
                 "staging at normal priority: engines with %s intra-op threads start threads that inherit the "
                 "priority of the thread that builds them (only the download runs niced)",
@@ -238,6 +280,10 @@ class ChannelFollower:
             return  # this exact pointer failed already; wait for the next move
         started = time.perf_counter()
         self._phases = {}
+        late_after = self.settings.swap.late_after_s
+        # Nothing served yet: nothing to give way to, stage at normal priority from the start.
+        self._late_at = started if current is None else (started + late_after if late_after else None)
+        self._late, self._niced = False, current is not None
         rolled_back = self.engines.rollback(pointer.version)
         if rolled_back is not None and rolled_back.digest == pointer.bundle_digest:
             seconds = time.perf_counter() - started
@@ -309,7 +355,52 @@ class ChannelFollower:
         self, model: str, version: str, local: Path, *, expected_bundle_digest: str, runtime_only: bool
     ) -> Manifest:
         assert self.fetcher is not None
-        return self.fetcher.fetch(model, version, local, expected_bundle_digest, runtime_only=runtime_only)
+        fetch = partial(self.fetcher.fetch, model, version, local, expected_bundle_digest, runtime_only=runtime_only)
+        if self.late_fetcher is None or self._late_at is None:
+            return fetch()
+        remaining = self._late_at - time.perf_counter()
+        if remaining > 0:
+            try:
+                return fetch(give_up_after_s=remaining)
+            except FetchAbandonedError:
+                pass
+        self._went_late("download")
+        return self.late_fetcher.fetch(model, version, local, expected_bundle_digest, runtime_only=runtime_only)
+
+    def _staged(self, phase: str, step: Callable[[], T]) -> T:
+        """Run one step of staging on the niced thread; once the swap is late (or was never to be niced),
+        here, at normal priority. A step that is still running on the niced thread when the swap goes late
+        is run again here and its own result dropped (build, warm-up and golden runs have no side effects
+        beyond the engine they build or run)."""
+        if self.stager is None:
+            return step()
+        if self._late_at is not None and time.perf_counter() >= self._late_at:
+            self._went_late(phase)
+            return step()
+        future = self.stager.submit(step)
+        remaining = None if self._late_at is None else max(0.0, self._late_at - time.perf_counter())
+        try:
+            return future.result(timeout=remaining)
+        except TimeoutError:
+            if future.done():
+                return future.result()
+            future.cancel()
+            self._went_late(phase)
+            return step()
+
+    def _went_late(self, phase: str) -> None:
+        """Count a swap that goes late, once (a server with nothing to serve yet stages at normal priority
+        from the start: not late)."""
+        if self._late or not self._niced:
+            return
+        self._late = True
+        self.status.late_swaps += 1
+        self.observer.late(phase)
+        logger.info(
+            "swap still staging (%s) %.1f s after the pointer was seen: finishing it at normal priority",
+            phase,
+            self.settings.swap.late_after_s,
+        )
 
     def _load(
         self, local: Path, version: str, digest: str, source: str, verified: Manifest | None = None
@@ -329,13 +420,16 @@ class ChannelFollower:
         # At most two engines resident: the serving one and the one being built (the previous one goes).
         self.engines.drop_previous()
         with self._phase("build"):
-            runtime = load_engine(local, threads=settings.engine_threads, verify_golden=False, verified=manifest)
+            build = partial(load_engine, local, threads=settings.engine_threads, verify_golden=False, verified=manifest)
+            runtime = self._staged("build", build)
             engine = EngineSet.track(LoadedEngine(runtime, version, digest, local, source))
         pace = self._pace
         with self._phase("warm"):
-            warm_shapes(engine, settings.swap.warm_batch_sizes, settings.batching.length_buckets, pace)
+            buckets = settings.batching.length_buckets
+            self._staged("warm", partial(warm_shapes, engine, settings.swap.warm_batch_sizes, buckets, pace))
         with self._phase("golden"):
-            check_golden(runtime, local, chunk_rows=settings.swap.staging_chunk_rows, before_each=pace)
+            rows = settings.swap.staging_chunk_rows
+            self._staged("golden", partial(check_golden, runtime, local, chunk_rows=rows, before_each=pace))
         return engine
 
     def _pace(self) -> None:
@@ -352,6 +446,7 @@ class ChannelFollower:
             "rollback": rollback,
             "seconds": round(seconds, 4),
             "phase_seconds": dict(self._phases),
+            "late": self._late,
             "pointer_updated_at": pointer.updated_at,
             "at": time.time(),
         }
@@ -377,6 +472,7 @@ class ChannelFollower:
         if record.get("model") != self.settings.model_name:
             return
         self._phases = {}
+        self._late_at, self._late, self._niced = time.perf_counter(), False, False  # nothing served yet
         try:
             engine = self._load(Path(record["directory"]), record["version"], record["digest"], source="local copy")
         except SwapError as failure:

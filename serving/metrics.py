@@ -48,6 +48,13 @@ class ServerMetrics:
         )
         self.version = Info("int8_serving_version", "The engine version serving now", registry=registry)
         self.swaps = Counter("int8_swaps", "Engine swaps by result", ["result"], registry=registry)
+        self.late_swaps = Counter(
+            "int8_swaps_late",
+            "Swaps still staging swap.late_after_s after the pointer was seen, by the phase they were in "
+            "(the rest ran at normal priority)",
+            ["phase"],
+            registry=registry,
+        )
         self.swap_phase = Histogram(
             "int8_swap_phase_seconds",
             "Duration of each phase of a swap (download, verify, compatibility, build, warm, golden, swap)",
@@ -88,6 +95,7 @@ class ServerMetrics:
 
         return SwapObserver(
             swap_result=lambda result: self.swaps.labels(result).inc(),
+            late=lambda phase: self.late_swaps.labels(phase).inc(),
             phase_seconds=lambda phase, seconds: self.swap_phase.labels(phase).observe(seconds),
             poll_result=lambda result: self.polls.labels(result).inc(),
             serving=serving,

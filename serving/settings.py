@@ -102,13 +102,20 @@ class SwapSettings(_Section):
     fetch_timeout_s: float = Field(default=600.0, gt=0.0)
     """A download that takes longer is abandoned (the version is refused until the pointer moves again)."""
     staging_nice: int = Field(default=19, ge=0, le=19)
-    """OS scheduling niceness of the fetch process (download and hashing) and of the follower thread that
+    """OS scheduling niceness of the fetch process (download and hashing) and of the staging thread that
     builds, warms and checks new versions, so that on a busy machine requests get the cores first and
     staging takes what is left. 19, the lowest priority: next to a CPU-bound process at 10 the p99 of the
     engine's B8 batches on a 2-core machine was 17-18 ms, at 19 13-14 ms, alone 11-13 ms
-    (``bench.serve_threads``). The follower is
-    niced only while engines have no intra-op worker threads (``engine_threads: 1``): those inherit the
-    priority of the thread that builds the engine, and serve after the swap."""
+    (``bench.serve_threads``). Build, warm-up and golden replay are niced only while engines have no
+    intra-op worker threads (``engine_threads: 1``): those inherit the priority of the thread that builds
+    the engine, and serve after the swap. 0: stage at normal priority."""
+    late_after_s: float = Field(default=1.0, ge=0.0)
+    """Seconds after the pointer was seen after which a swap still staging finishes at normal priority:
+    the download moves to a second fetch process at normal priority (the niced one is stopped and
+    restarted), the remaining steps to the follower's own thread. At the lowest priority a swap on a busy
+    2-core machine took up to 8 s (BENCHMARKS.md section 7); the rest of it at normal priority is a few
+    tenths of a second of one core. 0: never (staging stays niced however long it takes; no second fetch
+    process)."""
 
 
 class ServerSettings(BaseSettings):

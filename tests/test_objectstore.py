@@ -457,3 +457,25 @@ def test_a_child_process_fetches_verifies_and_reports_failures_as_the_parent_wou
     assert worker.pid is None
     with pytest.raises(FetchProcessError, match="stopped with the server"):  # no orphan child after a stop
         worker.fetch(MODEL, "v1", tmp_path / "late", published.bundle_digest)
+
+
+def test_a_fetch_given_up_leaves_nothing_behind_and_the_next_child_is_ready(
+    store: ObjectStore, bundle: Path, tmp_path: Path
+) -> None:
+    """A late swap gives up the niced child's download (``give_up_after_s``): the child is stopped, its
+    partial copy removed, a new child started for the next fetch, and the destination stays absent."""
+    from serving.fetcher import FetchAbandonedError, FetchWorker
+
+    published = store.publish_version(MODEL, "v1", bundle)
+    worker = FetchWorker(store.settings, nice=1, timeout_s=60).start()
+    try:
+        first_child = worker.pid
+        destination = tmp_path / "cache" / "v1"
+        with pytest.raises(FetchAbandonedError, match=r"not done after 0\.00 s"):
+            worker.fetch(MODEL, "v1", destination, published.bundle_digest, give_up_after_s=0.0)
+        assert worker.pid not in (None, first_child)
+        assert not destination.exists() and not list(destination.parent.glob(".v1.partial-*"))
+        manifest = worker.fetch(MODEL, "v1", destination, published.bundle_digest, give_up_after_s=60)
+        assert manifest.digest() == verify_bundle(destination).digest() == published.bundle_digest
+    finally:
+        worker.close()

@@ -163,6 +163,25 @@ def test_swaps_under_concurrent_requests_fail_no_request(setup):
     assert server.metric("int8_resident_engines") <= 2
 
 
+def test_a_late_swap_finishes_at_normal_priority_and_serves(setup, tmp_path):
+    """``swap.late_after_s``: a swap still staging by then moves to the normal-priority fetch process and
+    the follower's thread; it is counted by the phase it was in, marked in the ready details, and serves
+    like any other. A server with nothing to serve stages at normal priority from the start: not late."""
+    _server, publisher, _first, _root, settings = setup
+    late = {**settings, "swap": {**settings["swap"], "late_after_s": 0.001, "state_dir": str(tmp_path / "state")}}
+    server = ServerProcess(tmp_path / "server", late).start()
+    try:
+        assert server.ready()["last_swap"]["late"] is False
+        version = publisher.publish()
+        server.wait_for_version(version, timeout=10)
+        assert server.ready()["last_swap"]["late"] is True
+        assert server.metric("int8_swaps_late_total", phase="download") == 1
+        assert classify(server)[:2] == (200, version)
+        assert not list((tmp_path / "state" / "versions").glob(".*partial*"))
+    finally:
+        server.stop()
+
+
 def test_a_restart_without_the_store_serves_the_last_verified_local_copy(setup):
     server, _publisher, _first, root, settings = setup
     serving = server.ready()["version"]
