@@ -530,6 +530,7 @@ def _swap_metrics(url: str) -> dict[str, float]:
         text = response.read().decode()
     wanted = (
         "int8_swaps_total",
+        "int8_swaps_late_total",
         "int8_resident_engines",
         "int8_request_failures_total",
         "int8_swap_phase_seconds_sum",
@@ -558,6 +559,19 @@ def swap_phase_means(metrics: dict[str, float]) -> dict[str, float]:
 
 def _number(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _late_swaps(report: dict[str, Any]) -> str:
+    """How many swaps went late (``swap.late_after_s``), by the phase they were in."""
+    late = {
+        key.split('phase="', 1)[1].split('"', 1)[0]: int(value)
+        for key, value in report.get("server_metrics", {}).items()
+        if key.startswith("int8_swaps_late_total{") and value
+    }
+    if not late:
+        return ""
+    phases = ", ".join(f"{count} in {phase}" for phase, count in late.items())
+    return f"; {sum(late.values())} swaps finished at normal priority after swap.late_after_s ({phases})"
 
 
 def _failure_kinds(report: dict[str, Any]) -> str:
@@ -590,7 +604,8 @@ def render(report: dict[str, Any], poll: float) -> str:
          f"the whole swap phase {_number(phases['swaps']['p99_ms'])} ms, the window before the swaps "
          f"{_number(phases['before']['p99_ms'])} ms"),
         ("new version serving within poll interval + 2 s", (first["max"] or 1e9) <= poll + 2.0,
-         f"max {_number(first['max'], 2)} s, median {_number(first['median'], 2)} s (poll {poll:g} s)"),
+         f"max {_number(first['max'], 2)} s, median {_number(first['median'], 2)} s (poll {poll:g} s)"
+         f"{_late_swaps(report)}"),
         ("rollback to the resident previous version <= 1 s after the pointer is seen",
          rollback_swap is not None and rollback_swap <= 1.0, f"{_number(rollback_swap, 4)} s in the server"),
         ("RSS after 100 swaps within +10% of RSS after the second", "100" in rss and rss["100"] <= 1.1 * rss["2"],

@@ -399,3 +399,17 @@ def test_serve_load_reads_a_server_setting_as_yaml():
 
     assert server_setting("swap.staging_nice=19") == ("swap.staging_nice", 19)
     assert server_setting("engine_spinning=false") == ("engine_spinning", False)
+
+
+def test_serve_load_says_how_many_swaps_went_late_and_where():
+    from bench.serve_load import _late_swaps
+
+    metrics = {
+        'int8_swaps_late_total{phase="download"}': 3.0,
+        'int8_swaps_late_total{phase="build"}': 1.0,
+        'int8_swaps_late_total{phase="golden"}': 0.0,
+        'int8_swaps_total{result="success"}': 20.0,
+    }
+    said = _late_swaps({"server_metrics": metrics})
+    assert "4 swaps finished at normal priority" in said and "3 in download, 1 in build" in said
+    assert "golden" not in said and _late_swaps({"server_metrics": {}}) == ""
