@@ -39,6 +39,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
@@ -58,6 +59,9 @@ logger = logging.getLogger("serving.follower")
 T = TypeVar("T")
 
 LAST_VERIFIED = "last-verified.json"
+MIN_NICED_DOWNLOAD_S = 0.25
+"""A late download starts at normal priority at once when less than this is left before the deadline:
+started niced, it would rarely finish, and giving it up costs a new fetch process."""
 PHASES = ("download", "verify", "compatibility", "build", "warm", "golden", "swap")
 
 
@@ -280,9 +284,8 @@ class ChannelFollower:
             return  # this exact pointer failed already; wait for the next move
         started = time.perf_counter()
         self._phases = {}
-        late_after = self.settings.swap.late_after_s
         # Nothing served yet: nothing to give way to, stage at normal priority from the start.
-        self._late_at = started if current is None else (started + late_after if late_after else None)
+        self._late_at = started if current is None else self._deadline(pointer, started)
         self._late, self._niced = False, current is not None
         rolled_back = self.engines.rollback(pointer.version)
         if rolled_back is not None and rolled_back.digest == pointer.bundle_digest:
@@ -314,6 +317,20 @@ class ChannelFollower:
         self.observer.serving(engine)
         self._record_success(engine, pointer, time.perf_counter() - started, rollback=False)
         self._prune_local_copies()
+
+    def _deadline(self, pointer: ChannelPointer, seen: float) -> float | None:
+        """When a swap seen at ``seen`` (``perf_counter``) goes late: ``late_after_s`` after the pointer
+        moved (its ``updated_at``), so time spent before the poll saw it counts; never before ``seen`` and
+        never later than ``late_after_s`` after it (a publisher's clock ahead of ours, or no timestamp)."""
+        late_after = self.settings.swap.late_after_s
+        if not late_after:
+            return None
+        try:
+            moved = datetime.fromisoformat(pointer.updated_at)
+            age = (datetime.now(UTC) - moved).total_seconds()
+        except (TypeError, ValueError):
+            age = 0.0
+        return seen + min(late_after, max(0.0, late_after - age))
 
     # ---- staging a version
 
@@ -359,7 +376,7 @@ class ChannelFollower:
         if self.late_fetcher is None or self._late_at is None:
             return fetch()
         remaining = self._late_at - time.perf_counter()
-        if remaining > 0:
+        if remaining >= MIN_NICED_DOWNLOAD_S:
             try:
                 return fetch(give_up_after_s=remaining)
             except FetchAbandonedError:
@@ -433,10 +450,15 @@ class ChannelFollower:
         return engine
 
     def _pace(self) -> None:
-        """Before each staging engine run: let queued and running requests go first, for a bounded time."""
+        """Before each staging engine run at normal priority: let queued and running requests go first,
+        for a bounded time. Not on the niced thread (the OS gives serving the cores first there, and waits
+        would only lengthen the swap), nor once the swap is late (it should finish now)."""
         wait = self.settings.swap.staging_yield_ms / 1000
-        if self.serving_idle is not None and wait > 0:
-            self.serving_idle(wait)
+        if self.serving_idle is None or wait <= 0 or self._late:
+            return
+        if self.stager is not None and threading.current_thread().name.startswith("int8-stager"):
+            return
+        self.serving_idle(wait)
 
     # ---- local copies
 

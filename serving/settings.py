@@ -88,7 +88,8 @@ class SwapSettings(_Section):
     allow_label_change: bool = False
     """Refuse a version whose label set differs from the serving one's (clients read labels by name)."""
     staging_yield_ms: float = Field(default=50.0, ge=0.0)
-    """Before each engine run of a version being staged (warm-up shapes, golden replay chunks), wait up to
+    """When staging runs at normal priority (``staging_nice: 0``, or engines with threads of their own),
+    before each engine run of a version being staged (warm-up shapes, golden replay chunks), wait up to
     this long for the server to have no request queued or running, so staging fills the gaps between
     serving batches instead of delaying them. 0: do not wait. Each staging run is a few milliseconds (one
     row per bucket, 8-row golden chunks); at 250 ms the waits alone made a swap last up to 2.3 s on a
@@ -109,13 +110,14 @@ class SwapSettings(_Section):
     (``bench.serve_threads``). Build, warm-up and golden replay are niced only while engines have no
     intra-op worker threads (``engine_threads: 1``): those inherit the priority of the thread that builds
     the engine, and serve after the swap. 0: stage at normal priority."""
-    late_after_s: float = Field(default=1.0, ge=0.0)
-    """Seconds after the pointer was seen after which a swap still staging finishes at normal priority:
-    the download moves to a second fetch process at normal priority (the niced one is stopped and
-    restarted), the remaining steps to the follower's own thread. At the lowest priority a swap on a busy
-    2-core machine took up to 8 s (BENCHMARKS.md section 7); the rest of it at normal priority is a few
-    tenths of a second of one core. 0: never (staging stays niced however long it takes; no second fetch
-    process)."""
+    late_after_s: float = Field(default=1.5, ge=0.0)
+    """Seconds after the pointer moved (its ``updated_at``; counted from when this server saw it if the
+    clocks disagree) after which a swap still staging finishes at normal priority: the download moves to a
+    second fetch process at normal priority (the niced one is stopped and restarted), the remaining steps
+    to the follower's own thread, without waiting for gaps in the traffic. At the lowest priority a swap
+    on a busy 2-core machine took up to 8 s (BENCHMARKS.md section 7); what is left of it at normal
+    priority is a few tenths of a second of one core. 0: never (staging stays niced however long it
+    takes; no second fetch process)."""
 
 
 class ServerSettings(BaseSettings):
