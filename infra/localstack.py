@@ -42,6 +42,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,17 @@ def _port_in_use(port: int) -> bool:
         except OSError:
             return True
     return False
+
+
+def _lower_priority(niceness: int) -> None:
+    """In the child, before exec: niceness for every thread it will start, and the same for its own
+    session's autogroup. With ``kernel.sched_autogroup_enabled`` (the default of most distributions) the
+    CPU is shared between sessions first and by niceness only inside one: a niced service in its own
+    session would otherwise compete as an equal with the whole session of the process it should give way
+    to. Kernels without autogroups have no file to write; that is not an error."""
+    os.nice(niceness)
+    with contextlib.suppress(OSError):
+        Path("/proc/self/autogroup").write_text(str(niceness))
 
 
 def _log_tail(log_file: Path, lines: int = _LOG_TAIL_LINES) -> str:
@@ -509,7 +521,7 @@ class LocalStack:
                 # Own session: survives the terminal that ran `up`, and down() can signal its whole group.
                 start_new_session=True,
                 # Niceness before exec, so every thread the service starts inherits it (Linux: per thread).
-                preexec_fn=(lambda: os.nice(self.niceness)) if self.niceness else None,
+                preexec_fn=partial(_lower_priority, self.niceness) if self.niceness else None,
             )
         self._children[process.pid] = process
         self._pid_file(service.name).write_text(f"{process.pid}\n")

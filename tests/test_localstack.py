@@ -123,5 +123,9 @@ def test_niceness_reaches_every_thread_of_a_service(tmp_path: Path) -> None:
         threads = list(Path(f"/proc/{pid}/task").iterdir())
         nice_values = {int((task / "stat").read_text().rsplit(")", 1)[1].split()[16]) for task in threads}
         assert len(threads) > 1 and nice_values == {min(ours + 3, 19)}
+        # its session's autogroup too, where the kernel has them: shared by niceness across sessions
+        group = Path(f"/proc/{pid}/autogroup")
+        if group.is_file() and Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1":
+            assert group.read_text().split()[-1] == "3", group.read_text()
     finally:
         niced.down()
