@@ -206,6 +206,10 @@ def test_serve_load_runs_every_phase_and_reports_the_targets(tiny_build, tmp_pat
 
     by_phase = [p["requests"] for name, p in phases.items() if name.startswith("swaps: ") and name[7:] in SWAP_PHASES]
     assert by_phase and sum(by_phase) <= staging
+    # the run in 10-s windows: every request in one window, the staging share where staging happened
+    timeline = report["timeline"]
+    assert sum(w["requests"] for w in timeline) == report["total_requests"]
+    assert any(w["staging_share"] > 0 for w in timeline) and "windows of 10 s" in table
 
 
 def test_serve_load_lays_each_swap_phase_back_from_the_server_record():
@@ -413,3 +417,17 @@ def test_serve_load_says_how_many_swaps_went_late_and_where():
     said = _late_swaps({"server_metrics": metrics})
     assert "4 swaps finished at normal priority" in said and "3 in download, 1 in build" in said
     assert "golden" not in said and _late_swaps({"server_metrics": {}}) == ""
+
+
+def test_serve_load_timeline_splits_the_run_into_windows_with_their_staging_share():
+    from bench.serve_load import _timeline, _timeline_summary
+
+    # (sent, done, status, version): 10 requests a second for 30 s, staging during 12-17 s, 503s at 25 s
+    records = [(t / 10, t / 10 + 0.05, 503 if 250 <= t < 255 else 200, "v") for t in range(300)]
+    timeline = _timeline(records, lambda sent: 12 <= sent < 17)
+    assert [w["start_s"] for w in timeline] == [0.0, 10.0, 20.0]
+    assert [w["requests"] for w in timeline] == [100, 100, 100] and [w["failed"] for w in timeline] == [0, 0, 5]
+    assert [w["staging_share"] for w in timeline] == [0.0, 0.5, 0.0]
+    assert timeline[0]["p99_ms"] == pytest.approx(50.0)
+    said = _timeline_summary(timeline)
+    assert "1 windows had failed requests" in said and "share of their requests sent while staging: 0%" in said
