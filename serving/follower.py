@@ -17,9 +17,10 @@ pointer names a new version:
 
 Staging runs at the lowest priority (``swap.staging_nice``): the download in the fetch process, build,
 warm-up and golden replay on one niced thread (``int8-stager``), so requests get the cores first. On a
-busy machine that can starve a swap for seconds; once a swap has taken ``swap.late_after_s`` since the
-pointer was seen, what is left runs at normal priority (a second fetch process, the follower's own thread),
-so a new version serves within a bounded time. A server with no engine yet stages at normal priority.
+busy machine that can starve a swap for seconds; once ``swap.late_after_s`` have passed since the pointer
+moved and the swap is still staging, what is left runs at normal priority (a second fetch process, the
+follower's own thread), so a new version serves within a bounded time. A server with no engine yet stages
+at normal priority.
 
 Any failure leaves the serving engine in place, is logged and counted (``swaps_total{result=...}``), and
 is not retried until the pointer changes again. A pointer moved back to the previous version swaps the
@@ -86,7 +87,7 @@ class FollowerStatus:
     last_failure: dict | None = None
     polls: int = 0
     late_swaps: int = 0
-    """Swaps that were still staging ``swap.late_after_s`` after the pointer was seen (then finished at
+    """Swaps that were still staging ``swap.late_after_s`` after the pointer moved (then finished at
     normal priority)."""
 
 
@@ -414,7 +415,7 @@ class ChannelFollower:
         self.status.late_swaps += 1
         self.observer.late(phase)
         logger.info(
-            "swap still staging (%s) %.1f s after the pointer was seen: finishing it at normal priority",
+            "swap still staging (%s) %.1f s after the pointer moved: finishing it at normal priority",
             phase,
             self.settings.swap.late_after_s,
         )
@@ -454,9 +455,7 @@ class ChannelFollower:
         for a bounded time. Not on the niced thread (the OS gives serving the cores first there, and waits
         would only lengthen the swap), nor once the swap is late (it should finish now)."""
         wait = self.settings.swap.staging_yield_ms / 1000
-        if self.serving_idle is None or wait <= 0 or self._late:
-            return
-        if self.stager is not None and threading.current_thread().name.startswith("int8-stager"):
+        if self.serving_idle is None or wait <= 0 or self._late or self.stager is not None:
             return
         self.serving_idle(wait)
 
