@@ -110,13 +110,14 @@ class SwapSettings(_Section):
     (``bench.serve_threads``). Build, warm-up and golden replay are niced only while engines have no
     intra-op worker threads (``engine_threads: 1``): those inherit the priority of the thread that builds
     the engine, and serve after the swap. 0: stage at normal priority."""
-    late_after_s: float = Field(default=1.5, ge=0.0)
+    late_after_s: float = Field(default=1.0, ge=0.0)
     """Seconds after the pointer moved (its ``updated_at``; counted from when this server saw it if the
     clocks disagree) after which a swap still staging finishes at normal priority: the download moves to a
     second fetch process at normal priority (the niced one is stopped and restarted), the remaining steps
     to the follower's own thread, without waiting for gaps in the traffic. At the lowest priority a swap
-    on a busy 2-core machine took up to 8 s (BENCHMARKS.md section 7); what is left of it at normal
-    priority is a few tenths of a second of one core. 0: never (staging stays niced however long it
+    on a busy 2-core machine took up to 8 s; with 1.5 s here up to 3.1-3.2 s after the move, with 1.0 s
+    2.6 s (BENCHMARKS.md section 7, runs 12-15); what is left of it at normal priority is a few tenths of a
+    second of one core. 0: never (staging stays niced however long it
     takes; no second fetch process)."""
 
 
