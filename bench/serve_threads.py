@@ -10,8 +10,15 @@ Two measurements, side by side in one process, for the server's settings ``engin
    Cores held above the duty cycle's share are cores that a lower-priority job cannot have.
 2. **A background job at a lower priority.** The same duty cycle at B8 while another process burns a
    core (a busy loop, or sha256 over the engine file as a download's hashing does) at niceness 10 or 19.
+3. **A staging thread in the server's process** (``swap.staging_nice`` and ``swap.staging_idle``): two
+   threads serve B8 batches of 16 tokens on one-threaded engines as the server's batcher workers do (a
+   random 2-10 ms pause, then a run), while a third thread loops over what staging does (build an engine
+   from the bundle's file, run canary batches of 16 x 32) at niceness 19, or at 19 in the ``SCHED_IDLE``
+   class, or is absent. The three take turns in blocks of a few seconds, in alternating order, so a change
+   of the machine's speed falls on all three. Reported: the serving runs' p50/p99 and how late the
+   serving threads woke up.
 
-``python -m bench.serve_threads --bundle .state/runs/<run>/bundle [--seconds 6]``
+``python -m bench.serve_threads --bundle .state/runs/<run>/bundle [--seconds 6] [--staging-rounds 12]``
 """
 
 from __future__ import annotations
@@ -19,9 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -120,6 +129,73 @@ def measure(bundle: Path, threads: int, seconds: float) -> dict[str, Any]:
     return report
 
 
+STAGING_MODES = ("no staging", "nice 19", "nice 19 + SCHED_IDLE")
+
+
+def staging_priority(bundle: Path, rounds: int, block_s: float) -> dict[str, dict[str, float]]:
+    """Measurement 3 of the module's docstring: per mode, serving runs, p50/p99 of run and of wake-up delay
+    + run (ms), and p99 of the wake-up delay alone."""
+    from serving.osthreads import lower_priority
+
+    quiet = {"session.intra_op.allow_spinning": "0"}
+    serving = _session(bundle, 1, quiet)
+    feed, canary = _feed(serving, 8), _feed(serving, 16, length=32)
+    state = {"mode": STAGING_MODES[0], "stop": False}
+    samples: dict[str, list[tuple[float, float]]] = {mode: [] for mode in STAGING_MODES}
+
+    def stage(mode: str, idle: bool) -> None:
+        lower_priority(19, idle=idle)
+        while not state["stop"]:
+            if state["mode"] != mode:
+                time.sleep(0.01)
+                continue
+            engine = _session(bundle, 1, quiet)
+            for _ in range(5):
+                if state["mode"] != mode:
+                    break
+                engine.run(None, canary)
+
+    def serve(seed: int) -> None:
+        pauses = random.Random(seed)
+        while not state["stop"]:
+            pause = pauses.uniform(0.002, 0.010)
+            due = time.perf_counter() + pause
+            time.sleep(pause)
+            woke = time.perf_counter()
+            mode = state["mode"]
+            serving.run(None, feed)
+            samples[mode].append((woke - due, time.perf_counter() - woke))
+
+    threads = [
+        threading.Thread(target=stage, args=(STAGING_MODES[1], False), daemon=True),
+        threading.Thread(target=stage, args=(STAGING_MODES[2], True), daemon=True),
+        *(threading.Thread(target=serve, args=(seed,), daemon=True) for seed in (1, 2)),
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        for round_ in range(rounds):
+            for mode in STAGING_MODES if round_ % 2 == 0 else STAGING_MODES[::-1]:
+                state["mode"] = mode
+                time.sleep(block_s)
+    finally:
+        state["stop"] = True
+        for thread in threads:
+            thread.join()
+    report = {}
+    for mode, pairs in samples.items():
+        wake = np.array([1000 * late for late, _ in pairs])
+        run = np.array([1000 * took for _, took in pairs])
+        report[mode] = {
+            "runs": len(pairs),
+            "run_p50_ms": float(np.percentile(run, 50)) if len(run) else float("nan"),
+            "run_p99_ms": float(np.percentile(run, 99)) if len(run) else float("nan"),
+            "wake_p99_ms": float(np.percentile(wake, 99)) if len(wake) else float("nan"),
+            "total_p99_ms": float(np.percentile(wake + run, 99)) if len(run) else float("nan"),
+        }
+    return report
+
+
 def render(report: dict[str, Any]) -> str:
     lines = [
         f"Command: `{report['command']}`; {report['date']}; {report['machine']}; {report['threads']} engine threads.",
@@ -144,6 +220,24 @@ def render(report: dict[str, Any]) -> str:
         lines.append(
             f"| {r['job']} | {nice} | {r['median_ms']:.2f} | x{r['median_ms'] / base:.2f} | {r['p99_ms']:.2f} |"
         )
+    staging = report.get("staging")
+    if staging:
+        base = staging[STAGING_MODES[0]]["total_p99_ms"]
+        lines += [
+            "",
+            f"Two threads serving B8 batches on one-threaded engines next to a staging thread in the same "
+            f"process ({report['staging_rounds']} rounds of {report['staging_block_s']:g} s per mode, "
+            "interleaved):",
+            "",
+            "| staging thread | serving runs | run p50 ms | run p99 ms | wake-up delay p99 ms "
+            "| wake-up + run p99 ms | vs no staging |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for mode, r in staging.items():
+            lines.append(
+                f"| {mode} | {r['runs']} | {r['run_p50_ms']:.2f} | {r['run_p99_ms']:.2f} | {r['wake_p99_ms']:.2f} "
+                f"| {r['total_p99_ms']:.2f} | x{r['total_p99_ms'] / base:.2f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -152,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", required=True, type=Path)
     parser.add_argument("--threads", type=int, default=0, help="engine threads (0: every core)")
     parser.add_argument("--seconds", type=float, default=6.0, help="per measurement")
+    parser.add_argument("--staging-rounds", type=int, default=12, help="rounds of measurement 3 (0: skip it)")
+    parser.add_argument("--staging-block-seconds", type=float, default=3.0, help="per mode and round")
     parser.add_argument("--out", type=Path, default=Path("bench/results/serve-threads"))
     arguments = parser.parse_args(argv)
     if not (arguments.bundle / "manifest.json").is_file():
@@ -163,6 +259,11 @@ def main(argv: list[str] | None = None) -> int:
 
     threads = arguments.threads or os.cpu_count() or 1
     report = measure(arguments.bundle, threads, arguments.seconds)
+    if arguments.staging_rounds > 0:
+        report["staging"] = staging_priority(
+            arguments.bundle, arguments.staging_rounds, arguments.staging_block_seconds
+        )
+    report.update(staging_rounds=arguments.staging_rounds, staging_block_s=arguments.staging_block_seconds)
     report.update(
         command="python -m bench.serve_threads " + " ".join(sys.argv[1:] if argv is None else argv),
         date=datetime.now(UTC).strftime("%Y-%m-%d"),

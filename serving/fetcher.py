@@ -10,8 +10,8 @@ The child starts once, with the server (importing boto3 and building a client co
 core: paid while the server starts, not during each swap on a busy machine, where a niced process gets
 only what serving leaves), and then serves one request per line:
 
-- the command line carries the store settings (JSON) and the niceness; credentials come from the
-  environment the server passes down (the standard AWS chain), never from a request;
+- the command line carries the store settings (JSON), the niceness and whether to use ``SCHED_IDLE``;
+  credentials come from the environment the server passes down (the standard AWS chain), never from a request;
 - request (one JSON line on stdin): ``{"model", "version", "dest", "digest", "runtime_only"}``;
 - answer (one JSON line on stdout): ``{"digest": ...}`` on success, else ``{"error": KIND, "message": ...}``
   where KIND is ``destination`` (``dest`` exists but is not a valid bundle) or the exception's class.
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import shutil
 import subprocess
@@ -36,6 +35,7 @@ from typing import IO, Any
 
 from enginekit.bundle import Manifest, read_manifest
 from enginekit.objectstore import FetchDestinationError, ObjectStoreError, ObjectStoreSettings
+from serving.osthreads import lower_priority
 
 logger = logging.getLogger("serving.fetcher")
 
@@ -52,9 +52,12 @@ class FetchAbandonedError(Exception):
 class FetchWorker:
     """The server's end of the child process. One fetch at a time (the follower stages one version)."""
 
-    def __init__(self, store: ObjectStoreSettings, *, nice: int = 0, timeout_s: float = 600.0) -> None:
+    def __init__(
+        self, store: ObjectStoreSettings, *, nice: int = 0, idle: bool = False, timeout_s: float = 600.0
+    ) -> None:
         self.store = store
         self.nice = nice
+        self.idle = idle
         self.timeout_s = timeout_s
         self._process: subprocess.Popen[str] | None = None
         self._answers: queue.Queue[str | None] = queue.Queue()
@@ -72,7 +75,14 @@ class FetchWorker:
             raise FetchProcessError("the fetch process was stopped with the server; nothing is fetched any more")
         if self._process is not None and self._process.poll() is None:
             return self._process
-        command = [sys.executable, "-m", "serving.fetcher", self.store.model_dump_json(), str(self.nice)]
+        command = [
+            sys.executable,
+            "-m",
+            "serving.fetcher",
+            self.store.model_dump_json(),
+            str(self.nice),
+            str(int(self.idle)),
+        ]
         # stderr is the server's own: the child's log lines land next to the server's.
         process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         self._answers = queue.Queue()
@@ -214,12 +224,15 @@ def _serve(store: ObjectStoreSettings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        print("usage: python -m serving.fetcher STORE_SETTINGS_JSON NICENESS (started by the server)", file=sys.stderr)
+    if len(args) != 3:
+        print(
+            "usage: python -m serving.fetcher STORE_SETTINGS_JSON NICENESS IDLE(0|1) (started by the server)",
+            file=sys.stderr,
+        )
         return 2
     logging.basicConfig(level=logging.WARNING, format="fetcher: %(levelname)s %(message)s")
-    if int(args[1]):
-        os.nice(int(args[1]))
+    # Before any thread exists: boto3's transfer threads inherit it.
+    lower_priority(int(args[1]), idle=args[2] == "1")
     return _serve(ObjectStoreSettings.model_validate_json(args[0]))
 
 

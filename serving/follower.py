@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import threading
 import time
@@ -53,7 +52,7 @@ from enginekit.runtime import IncompatibleBundleError, check_golden, check_runna
 from enginekit.tokenization import MODEL_INPUT_NAMES, EncodedBatch
 from serving.engines import EngineSet, LoadedEngine
 from serving.fetcher import FetchAbandonedError, FetchWorker
-from serving.osthreads import name_os_thread
+from serving.osthreads import lower_priority, name_os_thread
 from serving.settings import ServerSettings
 
 logger = logging.getLogger("serving.follower")
@@ -126,14 +125,11 @@ def check_serving_compatibility(manifest: Manifest, serving: Manifest | None, al
         )
 
 
-def _lower_priority(nice: int) -> None:
+def _lower_priority(nice: int, idle: bool) -> None:
     """Initializer of the staging thread: name it and lower its own priority (this thread only; the event
     loop, the batcher workers and the library pools keep theirs: ``serving.osthreads``)."""
     name_os_thread("int8-stager")
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-    except (OSError, AttributeError) as error:  # not Linux, or not allowed: staging at normal priority
-        logger.info("staging thread keeps its priority: %s", error)
+    logger.info("staging thread at %s", lower_priority(nice, idle=idle))
 
 
 def warm_shapes(
@@ -179,7 +175,9 @@ class ChannelFollower:
         swap = settings.swap
         in_child = reader is None and swap.fetch_in_subprocess
         self.fetcher = (
-            FetchWorker(settings.store, nice=swap.staging_nice, timeout_s=swap.fetch_timeout_s) if in_child else None
+            FetchWorker(settings.store, nice=swap.staging_nice, idle=swap.staging_idle, timeout_s=swap.fetch_timeout_s)
+            if in_child
+            else None
         )
         """Downloads run in a niced child process (``serving.fetcher``) unless a reader was handed in."""
         self.late_fetcher = (
@@ -190,7 +188,10 @@ class ChannelFollower:
         """A second child at normal priority: late downloads, and the first one (nothing served yet)."""
         self.stager = (
             ThreadPoolExecutor(
-                1, thread_name_prefix="int8-stager", initializer=_lower_priority, initargs=(swap.staging_nice,)
+                1,
+                thread_name_prefix="int8-stager",
+                initializer=_lower_priority,
+                initargs=(swap.staging_nice, swap.staging_idle),
             )
             if swap.staging_nice and settings.engine_threads == 1 and not settings.shared_thread_pool
             else None

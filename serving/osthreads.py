@@ -7,6 +7,11 @@ tokenization) would then run at the staging priority for the rest of the process
 would no longer give way to serving. ``start_shared_pools`` creates it from the calling thread (the
 server's main thread, at normal priority) before anything is niced.
 
+``lower_priority`` lowers the calling thread's own priority (staging: the follower's staging thread and the
+fetch process). Niceness alone still lets a niced thread finish its time slice before a serving thread that
+wakes gets the core (Linux's EEVDF scheduler protects the running task's slice); a thread in the
+``SCHED_IDLE`` class is preempted at once by any normal thread that wakes, and weighs a fifth of nice 19.
+
 ``name_os_thread`` sets the kernel's name of the calling thread (``top -H``, ``ps -L``, ``py-spy``,
 ``/proc/<pid>/task/*/comm``), so the batcher, the channel follower and the pools can be told apart.
 """
@@ -16,7 +21,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import sys
+import threading
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +39,26 @@ def name_os_thread(name: str) -> None:
         libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
     except (OSError, AttributeError):  # no libc to speak of: names are a convenience only
         pass
+
+
+def lower_priority(nice: int, *, idle: bool) -> str:
+    """Lower the calling thread's priority (this thread only, and the threads it creates from now on):
+    niceness ``nice`` and, with ``idle``, the ``SCHED_IDLE`` class. Returns what was applied, e.g.
+    ``"nice 19, SCHED_IDLE"``; what the OS does not allow (not Linux, a sandbox) is logged and left out."""
+    applied = []
+    if nice:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)  # Linux: niceness is per thread
+            applied.append(f"nice {nice}")
+        except (OSError, AttributeError) as error:
+            logger.info("this thread keeps its niceness: %s", error)
+    if idle:
+        try:
+            os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
+            applied.append("SCHED_IDLE")
+        except (OSError, AttributeError) as error:
+            logger.info("this thread stays in its scheduling class: %s", error)
+    return ", ".join(applied) or "normal priority"
 
 
 def start_shared_pools() -> None:

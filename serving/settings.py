@@ -110,6 +110,13 @@ class SwapSettings(_Section):
     (``bench.serve_threads``). Build, warm-up and golden replay are niced only while engines have no
     intra-op worker threads (``engine_threads: 1``): those inherit the priority of the thread that builds
     the engine, and serve after the swap. 0: stage at normal priority."""
+    staging_idle: bool = True
+    """With ``staging_nice`` above 0, also put the fetch process and the staging thread in Linux's
+    ``SCHED_IDLE`` class: a serving thread that wakes takes the core from them at once, where a niced
+    thread first finishes its time slice, and they weigh a fifth of nice 19. Two threads serving B8 batches
+    on a 2-core machine next to a staging loop in the same process (build an engine, run canary batches):
+    serving p99 x1.49 of no staging at nice 19, x1.38 with ``SCHED_IDLE`` (``bench.serve_threads``,
+    BENCHMARKS.md section 7)."""
     late_after_s: float = Field(default=1.0, ge=0.0)
     """Seconds after the pointer moved (its ``updated_at``; counted from when this server saw it if the
     clocks disagree) after which a swap still staging finishes at normal priority: the download moves to a

@@ -367,10 +367,11 @@ def test_training_speed_measures_each_change_against_what_it_replaced(tiny_build
 
 
 def test_serve_threads_measures_spin_modes_and_background_priority(tiny_build, tmp_path):
-    from bench.serve_threads import SPIN_MODES, main
+    from bench.serve_threads import SPIN_MODES, STAGING_MODES, main
 
     out = tmp_path / "threads"
     arguments = ["--bundle", str(tiny_build.bundle_dir), "--seconds", "0.2", "--threads", "2", "--out", str(out)]
+    arguments += ["--staging-rounds", "1", "--staging-block-seconds", "0.3"]
     assert main(arguments) == 0
     report = json.loads(out.with_suffix(".json").read_text())
     assert set(report["spinning"]) == set(SPIN_MODES)
@@ -378,7 +379,10 @@ def test_serve_threads_measures_spin_modes_and_background_priority(tiny_build, t
         assert set(sizes) == {"B1", "B8", "B32"} and all(r["runs"] > 0 and r["cores"] > 0 for r in sizes.values())
     jobs = {(r["job"], r["nice"]) for r in report["background"]}
     assert ("busy loop", 19) in jobs and ("sha256 of the engine file", 10) in jobs and ("none", None) in jobs
-    assert "| background job | niceness |" in out.with_suffix(".md").read_text()
+    assert set(report["staging"]) == set(STAGING_MODES)
+    assert all(r["runs"] > 0 and r["run_p99_ms"] >= r["run_p50_ms"] > 0 for r in report["staging"].values())
+    markdown = out.with_suffix(".md").read_text()
+    assert "| background job | niceness |" in markdown and "| nice 19 + SCHED_IDLE |" in markdown
 
 
 def test_serve_threads_refuses_a_folder_that_is_not_a_bundle(tmp_path, capsys):

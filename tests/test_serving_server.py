@@ -101,12 +101,15 @@ def test_metrics_report_requests_batches_version_and_swaps(served):
     assert server.metric("int8_resident_engines") == 1
 
 
-def _threads(pid: int) -> list[tuple[str, int]]:
-    """(OS name, niceness) of every thread of ``pid``."""
+SCHED_OTHER, SCHED_IDLE = 0, 5  # Linux's scheduling policies, as /proc/<pid>/stat reports them
+
+
+def _threads(pid: int) -> list[tuple[str, int, int]]:
+    """(OS name, niceness, scheduling policy) of every thread of ``pid``."""
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        stat = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        found.append(((task / "comm").read_text().strip(), int(stat[16])))
+        stat = (task / "stat").read_text().rsplit(")", 1)[1].split()  # fields 3.. of proc(5)
+        found.append(((task / "comm").read_text().strip(), int(stat[16]), int(stat[38])))
     return found
 
 
@@ -121,18 +124,21 @@ def test_staging_runs_niced_and_every_serving_thread_does_not(served):
     """Threads take the niceness of the thread that creates them: had the staging thread started the
     tokenizer's pool, every request's tokenization would run at the staging priority. The staging thread
     (which builds single-threaded engines: no threads of their own) and one fetch process run at the lowest
-    priority; the follower and the second fetch process (late swaps: ``swap.late_after_s``) at normal."""
+    priority (nice 19 in the SCHED_IDLE class, the defaults); the follower and the second fetch process
+    (late swaps: ``swap.late_after_s``) at normal."""
     server, _version, _model = served
     assert post_json(server.url + "/v1/classify", {"texts": TEXTS})[0] == 200
     assert server.process is not None
     threads = _threads(server.process.pid)
-    names = [name for name, _nice in threads]
+    names = [name for name, _nice, _policy in threads]
     assert names.count("int8-batcher") == 2 and "int8-follower" in names, threads
-    assert [nice for name, nice in threads if name == "int8-stager"] == [19]  # staging_nice's default
-    assert [(name, nice) for name, nice in threads if name != "int8-stager" and nice != 0] == []
+    assert [(nice, policy) for name, nice, policy in threads if name == "int8-stager"] == [(19, SCHED_IDLE)]
+    normal = (0, SCHED_OTHER)
+    assert [thread for thread in threads if thread[0] != "int8-stager" and thread[1:] != normal] == []
     assert len(threads) > 4  # the pools exist: the check above covered them
     fetchers = [child for child in _children(server.process.pid) if "serving.fetcher" in _cmdline(child)]
-    assert sorted(sorted({nice for _name, nice in _threads(child)}) for child in fetchers) == [[0], [19]]
+    priorities = sorted(sorted({thread[1:] for thread in _threads(child)}) for child in fetchers)
+    assert priorities == [[normal], [(19, SCHED_IDLE)]]
 
 
 def _cmdline(pid: int) -> str:
