@@ -98,6 +98,69 @@ def optimize_for_onnxruntime(source: Path, destination: Path, level: str, thread
     return ort.__version__
 
 
+def compact_embedding_tables(engine_file: Path, min_elements: int = 1 << 16) -> list[str]:
+    """Store every large FP32 table read by a ``Gather`` whose values lie on the INT8 row grid of
+    ``tasks.quantize.round_embeddings_to_int8`` as INT8 plus one FP32 scale per row: ``Gather(table, ids)``
+    becomes ``Cast(Gather(q, ids)) * Gather(scales, ids)``, which gives back exactly the same FP32 values
+    (power-of-two scales). Tables off the grid (a student loaded without ``embedding_int8``, position
+    embeddings) are left as they are. Rewrites ``engine_file`` in place; returns the tables compacted."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tasks.quantize import int8_row_grid
+
+    model = onnx.load(str(engine_file))
+    tables = {item.name: item for item in model.graph.initializer}
+    readers: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    nodes, compacted = [], []
+    for node in model.graph.node:
+        table = tables.get(node.input[0]) if node.op_type == "Gather" and len(node.input) == 2 else None
+        axis = next((attribute.i for attribute in node.attribute if attribute.name == "axis"), 0)
+        if (
+            table is None
+            or table.data_type != TensorProto.FLOAT
+            or len(table.dims) != 2
+            or table.dims[0] * table.dims[1] < min_elements
+            or axis != 0
+            or readers[table.name] != 1
+        ):
+            nodes.append(node)
+            continue
+        values = numpy_helper.to_array(table)
+        if not np.array_equal(int8_row_grid(values), values):
+            nodes.append(node)
+            continue
+        largest = np.abs(values.astype(np.float64)).max(axis=1, keepdims=True)
+        scales = np.where(largest > 0, np.exp2(np.ceil(np.log2(np.maximum(largest, 1e-300) / 127.0))), 1.0)
+        codes = np.rint(values / scales).astype(np.int8)
+        assert np.array_equal(codes.astype(np.float32) * scales.astype(np.float32), values)
+        base, out = table.name, node.output[0]
+        model.graph.initializer.remove(table)
+        model.graph.initializer.extend(
+            [
+                numpy_helper.from_array(codes, base + ".int8"),
+                numpy_helper.from_array(scales.astype(np.float32), base + ".scale"),
+            ]
+        )
+        nodes += [
+            helper.make_node("Gather", [base + ".int8", node.input[1]], [out + ".int8"], name=node.name + ".int8"),
+            helper.make_node("Cast", [out + ".int8"], [out + ".float"], to=TensorProto.FLOAT, name=node.name + ".cast"),
+            helper.make_node("Gather", [base + ".scale", node.input[1]], [out + ".scale"], name=node.name + ".scale"),
+            helper.make_node("Mul", [out + ".float", out + ".scale"], [out], name=node.name + ".dequantize"),
+        ]
+        compacted.append(base)
+    if compacted:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        staging = engine_file.with_name(engine_file.name + ".partial")
+        onnx.save(model, str(staging))
+        staging.replace(engine_file)
+    return compacted
+
+
 GOLDEN_CANDIDATES = 4
 """Candidate rows per canary kept: canaries are the candidates with a clear top-1 margin."""
 
@@ -188,6 +251,7 @@ def build_bundle(
             config.intra_op_threads,
             config.transformer_fusions,
         )
+        compacted = compact_embedding_tables(staging / ENGINE_FILE)
         runtime = RuntimeRequirements(
             backend="onnxruntime",
             onnxruntime_version=ort_version,
@@ -196,8 +260,10 @@ def build_bundle(
             build_cpu=cpu_model(),
             build_isa=cpu_isa(),
         )
-        described = f"onnxruntime {ort_version}, {config.graph_optimization} optimizations" + (
-            " + transformer fusions" if config.transformer_fusions else ""
+        described = (
+            f"onnxruntime {ort_version}, {config.graph_optimization} optimizations"
+            + (" + transformer fusions" if config.transformer_fusions else "")
+            + (f", INT8 tables: {', '.join(compacted)}" if compacted else "")
         )
     tokenizer_dir = staging / "tokenizer"
     tokenizer_dir.mkdir()

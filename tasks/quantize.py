@@ -317,6 +317,8 @@ class StudentResult:
     distill_stop_detail: str = ""
     """Why the FP32 distillation stopped (plateau or ceiling)."""
     warnings: list[str] = field(default_factory=list)
+    embedding_int8: bool = False
+    """Whether ``load_student`` rounds the word-embedding table to INT8 (``QuantizeConfig.embedding_int8``)."""
 
     @property
     def checkpoint(self) -> Path:
@@ -331,7 +333,29 @@ def load_student(student: StudentResult, teacher: TeacherResult, device: torch.d
     if student.student_layers is not None:
         model = layer_subset(model, student.student_layers)
     mto.restore(model, str(student.checkpoint))
+    if student.embedding_int8:
+        round_embeddings_to_int8(model)
     return model.to(device).eval()
+
+
+def round_embeddings_to_int8(model: torch.nn.Module) -> int:
+    """Round the word-embedding table in place to INT8 per row: ``q * 2**k`` with integer ``|q| <= 127`` and
+    the smallest power of two ``2**k >= max|row| / 127``. Power-of-two scales make every rounded value exact
+    in FP32 and let the engine build recover ``q`` and the scale from the FP32 table alone, so the engine's
+    ``Cast(q) * scale`` gives back the very values the student computes with. Idempotent. Returns the rows."""
+    table = model.get_input_embeddings().weight
+    with torch.no_grad():
+        rounded = torch.from_numpy(int8_row_grid(table.detach().cpu().numpy())).to(table.device, table.dtype)
+        table.copy_(rounded)
+    return int(table.shape[0])
+
+
+def int8_row_grid(table: np.ndarray) -> np.ndarray:
+    """``table`` (rows x width) rounded to the INT8 grid of ``round_embeddings_to_int8``, as float32."""
+    values = table.astype(np.float64)
+    largest = np.abs(values).max(axis=1, keepdims=True)
+    scale = np.where(largest > 0, np.exp2(np.ceil(np.log2(np.maximum(largest, 1e-300) / 127.0))), 1.0)
+    return (np.clip(np.rint(values / scale), -127, 127) * scale).astype(np.float32)
 
 
 def layer_subset(model: torch.nn.Module, keep: list[int]) -> torch.nn.Module:
@@ -495,6 +519,7 @@ def train_student(
         distill_history=[asdict(record) for record in distilled.history] if distilled else [],
         distill_stop_detail=f"{distilled.stop_reason}: {distilled.stop_detail}" if distilled else "",
         warnings=[f"FP32 distillation: {warning}" for warning in distilled.warnings] if distilled else [],
+        embedding_int8=config.embedding_int8,
     )
     if main_process:
         write_json_atomic(out_dir / "quantize.json", asdict(result))

@@ -206,6 +206,7 @@ def ptq_students(
             history=[],
             quantized_layers=len(quantized_layer_names(model)),
             calibration=name,
+            embedding_int8=config.embedding_int8,
         )
         students.append((f"PTQ {name}", result))
     return students
@@ -313,6 +314,7 @@ def mixed_precision_student(
         student_layers=kd_student.student_layers,
         calibration=kd_student.calibration,
         unquantized_groups=kept,
+        embedding_int8=kd_student.embedding_int8,
     )
     write_json_atomic(directory / "quantize.json", asdict(result))
     return result

@@ -233,3 +233,78 @@ def test_engines_of_one_tokenizer_share_it_and_a_changed_file_is_loaded_anew(tin
     assert changed._tokenizer is not first._tokenizer
     assert changed._tokenizer.token_to_id("zzzextra") is not None and first._tokenizer.token_to_id("zzzextra") is None
     assert first.encode(["hello world"]).input_ids.tolist() == second.encode(["hello world"]).input_ids.tolist()
+
+
+def test_int8_row_grid_is_exact_idempotent_and_close():
+    from tasks.quantize import int8_row_grid
+
+    rng = np.random.default_rng(3)
+    table = rng.normal(0, 0.05, (300, 24)).astype(np.float32)
+    table[7] = 0.0  # a row of zeros (e.g. [PAD] after training) stays zero
+    table[8] *= 1e-30  # tiny values keep a scale above zero
+    rounded = int8_row_grid(table)
+    assert rounded.dtype == np.float32 and np.array_equal(int8_row_grid(rounded), rounded)
+    assert np.all(rounded[7] == 0.0) and np.any(rounded[8] != 0.0)
+    largest = np.abs(table.astype(np.float64)).max(1, keepdims=True)
+    scale = np.exp2(np.ceil(np.log2(np.where(largest > 0, largest, 127.0) / 127)))
+    codes = rounded / scale
+    assert np.array_equal(codes, np.rint(codes)) and np.abs(codes).max() <= 127
+    assert np.all(np.abs(rounded - table) <= scale / 2 + 1e-12)  # rounding, not truncation
+    assert not np.array_equal(rounded, table)
+
+
+def _gather_model(path, table):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["rows"], name="lookup")],
+        "lookup",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("rows", TensorProto.FLOAT, ["batch", "sequence", table.shape[1]])],
+        [numpy_helper.from_array(table, "table")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_tables_on_the_int8_grid_are_stored_as_int8_and_give_back_the_same_values(tmp_path):
+    import onnxruntime as ort
+
+    from tasks.engine_build import compact_embedding_tables
+    from tasks.quantize import int8_row_grid
+
+    rng = np.random.default_rng(5)
+    table = rng.normal(0, 0.05, (2000, 64)).astype(np.float32)
+    ids = rng.integers(0, 2000, (3, 11)).astype(np.int64)
+    on_grid, off_grid = tmp_path / "on.onnx", tmp_path / "off.onnx"
+    _gather_model(on_grid, int8_row_grid(table))
+    _gather_model(off_grid, table)
+    before = on_grid.stat().st_size
+    assert compact_embedding_tables(on_grid) == ["table"]
+    assert on_grid.stat().st_size < before / 3
+    session = ort.InferenceSession(str(on_grid), providers=["CPUExecutionProvider"])
+    assert np.array_equal(session.run(None, {"ids": ids})[0], int8_row_grid(table)[ids])
+    untouched = off_grid.read_bytes()
+    assert compact_embedding_tables(off_grid) == [] and off_grid.read_bytes() == untouched
+
+
+def test_the_tiny_engine_stores_its_word_embeddings_as_int8_and_matches_the_rounded_student(tiny_build):
+    """``quantize.embedding_int8`` (default): the student is loaded with its table on the INT8 grid and the
+    engine keeps that table as INT8; their logits agree as closely as before (the golden check holds)."""
+    import onnx
+
+    from tasks.quantize import load_student
+
+    assert tiny_build.config.quantize.embedding_int8 and tiny_build.student.embedding_int8
+    manifest = read_manifest(tiny_build.bundle_dir)
+    graph = onnx.load(str(tiny_build.bundle_dir / manifest.engine_file)).graph
+    tables = {t.name: t for t in graph.initializer}
+    int8_tables = [
+        name for name, t in tables.items() if name.endswith(".int8") and t.data_type == onnx.TensorProto.INT8
+    ]
+    assert len(int8_tables) == 1 and "word_embeddings" in int8_tables[0]
+    student = load_student(tiny_build.student, tiny_build.teacher)
+    word = student.get_input_embeddings().weight.detach().numpy()
+    codes = onnx.numpy_helper.to_array(tables[int8_tables[0]]).astype(np.float32)
+    scales = onnx.numpy_helper.to_array(tables[int8_tables[0].removesuffix(".int8") + ".scale"])
+    assert np.array_equal(codes * scales, word)
