@@ -113,6 +113,11 @@ class ObjectStoreSettings(BaseModel):
         value = value.rstrip("/")
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"endpoint_url {value!r} must start with http:// or https:// (or be null for AWS)")
+        if "@" in value.split("//", 1)[1].split("/", 1)[0]:
+            raise ValueError(
+                "endpoint_url must not carry credentials (user:password@): S3 credentials come from the AWS "
+                "chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, credentials_file)"
+            )
         return value
 
     @field_validator("prefix")
@@ -601,6 +606,10 @@ class ObjectStoreReader:
                 yield from page.get("Contents", [])
         except (BotoCoreError, ClientError) as error:
             raise self._translate(error, action, prefix) from error
+
+    def version_manifest(self, model: str, version: str) -> Manifest:
+        """The stored manifest of a published version (parsed and checked, not the files behind it)."""
+        return self._read_stored_manifest(model, version, "reading a version's manifest")[0]
 
     def list_versions(self, model: str) -> list[str]:
         """Complete versions of ``model`` (those with a manifest), oldest publish first."""

@@ -4,6 +4,9 @@ int8-pipeline run [--config configs/demo.yaml] [--set teacher.training.epochs=1 
 int8-pipeline check-config configs/*.yaml
 int8-pipeline predict --model models:/NAME@champion "query one" "query two"
 int8-pipeline serve-model [--config configs/serving/demo.yaml]   (the hot-swap server, same as int8-serve)
+int8-pipeline versions | history | reconcile [--check]           (operator commands, ``--config`` as run)
+int8-pipeline fetch NAME@ALIAS|NAME/VERSION|VERSION-ID DIR
+int8-pipeline promote VERSION [--force] | rollback [--to VERSION]
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import argparse
 import json
 import os
 import sys
+
+from enginekit.redact import redact
 
 DEFAULT_CONFIG = "configs/demo.yaml"
 
@@ -65,7 +70,7 @@ def _print_summary(summary, store_endpoint: str | None) -> None:
     print("where to look:")
     api = os.environ.get("PREFECT_API_URL")
     if api:
-        print(f"  Prefect UI     {api.removesuffix('/api')}")
+        print(f"  Prefect UI     {redact(api.removesuffix('/api'))}")
     print(f"  MLflow UI      .venv/bin/mlflow ui --backend-store-uri {summary.tracking_uri} --host 127.0.0.1")
     if store_endpoint:
         print(f"  S3 endpoint    {store_endpoint}")
@@ -85,8 +90,9 @@ def _check_prefect_api() -> None:
             return
     except (urllib.error.URLError, OSError) as error:
         print(
-            f"error: Prefect API {api} is unreachable ({error}). Start the local stack with `make stack-up`, "
-            "point PREFECT_API_URL at your Prefect server, or unset it to use a temporary local server.",
+            f"error: Prefect API {redact(api)} is unreachable ({redact(str(error))}). Start the local stack with "
+            "`make stack-up`, point PREFECT_API_URL at your Prefect server, or unset it to use a temporary local "
+            "server.",
             file=sys.stderr,
         )
         raise SystemExit(1) from None
@@ -105,11 +111,12 @@ def command_run(arguments: argparse.Namespace) -> int:
         summary = train_to_deploy(config=config)
     except (DataError, ExportError, BundleError, ObjectStoreError) as error:
         # Prefect has logged the traceback with the failed task; the user gets what and where.
-        print(f"\nerror: {type(error).__name__}: {error}", file=sys.stderr)
+        print(f"\nerror: {type(error).__name__}: {redact(str(error))}", file=sys.stderr)
         return 1
     except Exception as error:  # a failed task of any other kind: still one line that says what failed
         print(
-            f"\nerror: the run failed: {type(error).__name__}: {error} (the failed task and its traceback are "
+            f"\nerror: the run failed: {type(error).__name__}: {redact(str(error))} (the failed task and its "
+            "traceback are "
             "in the log above and in the Prefect UI)",
             file=sys.stderr,
         )
@@ -147,6 +154,124 @@ def command_predict(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _operate(arguments: argparse.Namespace, work) -> int:
+    """Run an operator command; its failures are one ``error:`` line (secrets redacted), exit status 1."""
+    from enginekit.bundle import BundleError
+    from enginekit.objectstore import ObjectStoreError
+    from tasks.operations import OperationError
+
+    config = _load(arguments.config, arguments.set)
+    try:
+        return int(work(config) or 0)
+    except (OperationError, ObjectStoreError, BundleError) as error:
+        print(f"error: {redact(str(error))}", file=sys.stderr)
+        return 1
+
+
+def _who() -> str:
+    import getpass
+
+    try:
+        return f"user {getpass.getuser()}"
+    except Exception:  # no user name in this environment
+        return "operator"
+
+
+def command_versions(arguments: argparse.Namespace) -> int:
+    from tasks.operations import list_versions
+
+    def work(config) -> int:
+        rows = list_versions(config.registry, config.publish, config.model_name)
+        print(f"{'mlflow':>6}  {'published':<22} {'gates':<6} {'serving':<7} {'aliases':<20} created")
+        for row in rows:
+            print(
+                f"{row.mlflow_version or '-':>6}  {row.published or '-':<22} {row.gates_passed or '-':<6} "
+                f"{'yes' if row.serving else '':<7} {','.join(row.aliases) or '-':<20} {row.created}"
+            )
+        if not rows:
+            print(f"no versions of {config.model_name}")
+        return 0
+
+    return _operate(arguments, work)
+
+
+def command_fetch(arguments: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tasks.operations import fetch
+
+    def work(config) -> int:
+        manifest = fetch(config.registry, config.publish, config.model_name, arguments.reference, Path(arguments.dest))
+        print(f"{arguments.reference}: verified bundle (digest {manifest.digest()[:12]}) in {arguments.dest}")
+        return 0
+
+    return _operate(arguments, work)
+
+
+def command_promote(arguments: argparse.Namespace) -> int:
+    from tasks.operations import promote
+
+    return _operate(
+        arguments,
+        lambda config: (
+            promote(
+                config.registry,
+                config.publish,
+                config.model_name,
+                arguments.version,
+                actor=_who(),
+                force=arguments.force,
+            )
+            and 0
+        ),
+    )
+
+
+def command_rollback(arguments: argparse.Namespace) -> int:
+    from tasks.operations import rollback
+
+    return _operate(
+        arguments,
+        lambda config: rollback(config.registry, config.publish, config.model_name, arguments.to, actor=_who()) and 0,
+    )
+
+
+def command_history(arguments: argparse.Namespace) -> int:
+    from tasks.operations import history
+
+    def work(config) -> int:
+        rows = history(config.publish, config.model_name)
+        for row in rows:
+            built = (
+                f"data {(row.data_fingerprint or '?')[:12]}, config {(row.config_hash or '?')[:12]}, "
+                f"code {row.code_version or '?'}, MLflow version {row.mlflow_version or '?'} "
+                f"run {row.mlflow_run_id or '?'}"
+            )
+            print(
+                f"{row.moved_at}  {row.channel}: {row.from_version or '(none)'} → {row.to_version}  "
+                f"{row.reason!r} by {row.actor or '?'}; built from {built}"
+            )
+        if not rows:
+            print(f"channel {config.publish.channel} of {config.model_name} has never moved")
+        return 0
+
+    return _operate(arguments, work)
+
+
+def command_reconcile(arguments: argparse.Namespace) -> int:
+    from tasks.channel import reconcile
+
+    def work(config) -> int:
+        report = reconcile(
+            config.registry, config.publish, config.model_name, repair=not arguments.check, log=lambda _: None
+        )
+        for line in report.lines():
+            print(line)
+        return 0 if report.in_sync or (report.repairs and not report.unresolved) else 4
+
+    return _operate(arguments, work)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="int8-pipeline", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -170,6 +295,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Listed for --help; main() hands its arguments to serving.cli untouched.
     commands.add_parser("serve-model", help="run the hot-swap model server (int8-serve --help for its options)")
+
+    def operator(name: str, help_text: str, handler) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--config", default=DEFAULT_CONFIG, help=f"pipeline config (default {DEFAULT_CONFIG})")
+        sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+        sub.set_defaults(handler=handler)
+        return sub
+
+    operator("versions", "list every version: registry, published, gates, aliases, serving", command_versions)
+    fetch = operator(
+        "fetch", "download a verified copy of a version (NAME@ALIAS, NAME/VERSION, version id)", command_fetch
+    )
+    fetch.add_argument("reference")
+    fetch.add_argument("dest")
+    promote = operator("promote", "serve a registered version: channel first, then the champion alias", command_promote)
+    promote.add_argument("version", help="registry version number or @ALIAS")
+    promote.add_argument("--force", action="store_true", help="serve it even though its gates failed")
+    rollback = operator("rollback", "move the channel back to the version it served before", command_rollback)
+    rollback.add_argument("--to", default=None, help="a published version id or registry version instead")
+    operator("history", "what served when, who moved it, built from what", command_history)
+    reconciling = operator(
+        "reconcile", "compare channel, champion alias and history; repair the alias", command_reconcile
+    )
+    reconciling.add_argument("--check", action="store_true", help="only report, change nothing (exit 4 if diverged)")
 
     predict = commands.add_parser("predict", help="classify texts with a registered model")
     predict.add_argument("--model", required=True, help="e.g. models:/query-intent-int8@champion")

@@ -1,7 +1,8 @@
 """The ``train_to_deploy`` flow: data → FP32 teacher → PTQ baselines (every calibration method, as
 engines on eval) → KD-QAT INT8 student (from the best calibration) and a smaller KD-QAT student →
 sensitivity analysis + mixed-precision candidate and the automatic INT8 variant choice → QDQ ONNX →
-INT8 engine bundle → validation gates → MLflow (candidate) → S3 publish + channel move → MLflow champion.
+INT8 engine bundle → channel check (reconcile) → validation gates → MLflow (candidate) → S3 publish +
+channel move (compare-and-set against the channel the gates were decided on) → MLflow champion.
 
 The flow only composes tasks and makes the one decision (gates pass → publish and promote; else stop and
 say why). Every stage's logic lives in ``tasks/``.
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, runtime
 
+from tasks.channel import check_channel_task
 from tasks.config import PipelineConfig
 from tasks.data import prepare_data_task
 from tasks.engine_build import build_engine_task
@@ -139,6 +141,9 @@ def train_to_deploy(config: PipelineConfig) -> PipelineSummary:
         config.config_hash(),
         str(run_dir / "bundle"),
     )
+    # The channel is what serves: the alias is reconciled to it, and the champion gate and the channel
+    # move (a compare-and-set) are both decided against this one reading of it.
+    decided = check_channel_task(config.registry, config.publish, config.model_name)
     report = validate_task(
         config.validate_,
         bundle.directory,
@@ -146,7 +151,8 @@ def train_to_deploy(config: PipelineConfig) -> PipelineSummary:
         data,
         str(run_dir / "validation"),
         choice.chosen.student,
-        config.registry,
+        decided,
+        config.publish.store,
     )
     registered = register_task(
         config,
@@ -170,7 +176,7 @@ def train_to_deploy(config: PipelineConfig) -> PipelineSummary:
         summary.warnings += smaller.warnings
     if report.passed:
         published = publish_task(
-            config.publish, config.model_name, bundle.directory, registered.version, registered.uri
+            config.publish, config.model_name, bundle.directory, registered.version, registered.uri, decided
         )
         promote_task(config.registry, registered, published.version_uri)
         summary.promoted = True

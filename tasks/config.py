@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from enginekit import yamlio
 from enginekit.objectstore import ObjectStoreSettings
+from enginekit.redact import redact, split_credentials
 from enginekit.tensorrt_support import TensorRTProfile
 
 
@@ -359,6 +361,18 @@ class EngineConfig(_Section):
     ``golden_atol_factor``): these differences are what another CPU's kernels produce (BENCHMARKS.md
     section 7: up to 0.16 logits on MiniLM rows, never a changed label with a 1-logit margin)."""
     golden_atol_factor: float = Field(default=3.0, ge=1.0)
+    golden_source: str = "eval"
+    """Where the golden canaries come from: ``eval`` (default) or ``train`` split, or a curated file of
+    texts (one per line; ``text<TAB>text_pair`` for pair models). Never ``test``: the canaries ship in every
+    bundle, and the test split stays unseen and out of the artifacts."""
+
+    @field_validator("golden_source")
+    @classmethod
+    def _not_the_test_split(cls, value: str) -> str:
+        if value.strip().lower() == "test":
+            raise ValueError("golden_source must not be the test split: use eval, train or a curated file")
+        return value
+
     golden_min_margin: float = Field(default=1.0, gt=0.0)
     """Canaries are drawn from rows whose top-1 logit leads the runner-up by at least this much, so no
     kernel difference can change their label; a replay then fails only for a really different engine."""
@@ -381,8 +395,12 @@ class ValidateConfig(_Section):
     """Gate: p99 latency budget at batch ``latency_batch_size`` on this machine (null: no budget)."""
     champion_tolerance_points: float | None = Field(default=0.0, ge=0.0)
     """Gate (champion/challenger): the new engine may be at most this many points less accurate than the
-    current champion, both run on these same test rows (null: off; passes when there is no champion or it
-    cannot be compared: other labels, or a backend this machine cannot run)."""
+    champion, the version the publish channel serves (fetched and verified from the store), both run on
+    these same test rows (null: off; passes when the channel has no pointer yet). A champion that cannot be
+    scored (unreachable, corrupt, other labels, a backend this machine cannot run) fails the gate."""
+    allow_unscored_champion: bool = False
+    """Pass the champion gate when the champion cannot be scored (logged as a warning, stated in the
+    report): an explicit override for, e.g., a label-set change."""
     latency_batch_size: int = Field(default=1, gt=0)
     throughput_batch_size: int = Field(default=32, gt=0)
     timing_iterations: int = Field(default=30, gt=0)
@@ -393,9 +411,29 @@ class ValidateConfig(_Section):
 
 class RegistryConfig(_Section):
     tracking_uri: str = "sqlite:///.state/mlflow/mlflow.db"
+    """MLflow tracking and registry URI. Credentials come from ``MLFLOW_TRACKING_USERNAME`` and
+    ``MLFLOW_TRACKING_PASSWORD``; a user and password written into the URI are taken out of it (into those
+    variables, for this process only), so the stored config, MLflow params, deployment parameters, logs
+    and output never hold them."""
     artifact_location: str = ".state/mlflow/artifacts"
     """Where a new experiment stores artifacts (path or URI); ignored for an existing experiment."""
     experiment: str = "int8-search"
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _credentials_out_of_the_uri(cls, value: str) -> str:
+        clean, user, password = split_credentials(value)
+        if user is None and password is None:
+            return value
+        for variable, secret in (("MLFLOW_TRACKING_USERNAME", user), ("MLFLOW_TRACKING_PASSWORD", password)):
+            if secret and os.environ.get(variable, secret) != secret:
+                raise ValueError(
+                    f"tracking_uri {redact(value)!r} carries other credentials than {variable}: keep them in "
+                    "the environment only"
+                )
+            if secret:
+                os.environ[variable] = secret
+        return clean
 
 
 class PublishConfig(_Section):

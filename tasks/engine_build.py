@@ -165,13 +165,36 @@ GOLDEN_CANDIDATES = 4
 """Candidate rows per canary kept: canaries are the candidates with a clear top-1 margin."""
 
 
-def golden_candidates(data: PreparedData, count: int, seed: int = 7) -> tuple[list[str], list[str] | None]:
-    """A fixed, seeded sample of test rows (``GOLDEN_CANDIDATES`` x ``count``) to pick canaries from."""
-    test = data.load()["test"]
+def golden_candidates(
+    data: PreparedData, count: int, source: str = "eval", seed: int = 7
+) -> tuple[list[str], list[str] | None]:
+    """A fixed, seeded sample (``GOLDEN_CANDIDATES`` x ``count``) to pick canaries from: rows of the
+    ``eval`` (default) or ``train`` split, or the lines of a curated file (``engine.golden_source``; one
+    text per line, ``text<TAB>text_pair`` for pair models). Never the test split: the canaries ship with
+    every bundle, and test rows must stay unseen (and, with real search logs, out of every artifact)."""
+    if source in ("eval", "train"):
+        split = data.load()[source]
+        texts_all = list(split["text"])
+        pairs_all = list(split["text_pair"]) if data.text_pair else None
+    else:
+        path = Path(source)
+        try:
+            lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except OSError as error:
+            raise ValueError(f"engine.golden_source {source!r}: cannot read it ({error})") from None
+        rows = [line.split("\t", 1) if data.text_pair else [line] for line in lines]
+        bad = next((number for number, row in enumerate(rows, 1) if len(row) != (2 if data.text_pair else 1)), None)
+        if bad is not None or not rows:
+            raise ValueError(
+                f"engine.golden_source {source!r}: "
+                + (f"line {bad} is not 'text<TAB>text_pair'" if bad is not None else "no texts in it")
+            )
+        texts_all = [row[0] for row in rows]
+        pairs_all = [row[1] for row in rows] if data.text_pair else None
     rng = np.random.default_rng(seed)
-    picked = sorted(rng.choice(len(test), size=min(GOLDEN_CANDIDATES * count, len(test)), replace=False).tolist())
-    texts = [test[i]["text"] for i in picked]
-    pairs = [test[i]["text_pair"] for i in picked] if data.text_pair else None
+    picked = sorted(rng.choice(len(texts_all), size=min(GOLDEN_CANDIDATES * count, len(texts_all)), replace=False))
+    texts = [texts_all[i] for i in picked]
+    pairs = [pairs_all[i] for i in picked] if pairs_all is not None else None
     return texts, pairs
 
 
@@ -320,7 +343,7 @@ def record_golden(
     then are canaries chosen among the rows whose top-1 margin is more than twice it, so no kernel
     difference within the tolerance can flip a canary's label. A CPU whose kernels differ more (AVX2
     without VNNI, for instance) gets a wider tolerance and canaries of wider margin, not a failed build."""
-    texts, pairs = golden_candidates(data, config.golden_set_size)
+    texts, pairs = golden_candidates(data, config.golden_set_size, config.golden_source)
     logits = predict_logits(engine, texts, pairs)
     lengths = [len(row) for row in engine.encoder.tokenize(texts, pairs)]
     atol, basis = atol_floor, f"floor {atol_floor:g} (engine.golden_atol)"
@@ -340,10 +363,11 @@ def record_golden(
     clear = int((top_margins(logits) > 2 * atol).sum())
     if clear < max(1, (wanted + 1) // 2):
         raise ValueError(
-            f"only {clear} of {len(texts)} candidate test rows have a top-1 logit margin above twice the replay "
-            f"tolerance ({atol:.3g}; {basis}), and the golden set needs at least {max(1, (wanted + 1) // 2)}: "
-            "a kernel difference on another CPU could flip a canary's label. The model is unsure of most test "
-            "rows; check its accuracy, or raise engine.golden_set_size or lower engine.golden_atol_factor knowingly"
+            f"only {clear} of {len(texts)} candidate rows ({config.golden_source}) have a top-1 logit margin "
+            f"above twice the replay tolerance ({atol:.3g}; {basis}), and the golden set needs at least "
+            f"{max(1, (wanted + 1) // 2)}: "
+            "a kernel difference on another CPU could flip a canary's label. The model is unsure of most of "
+            "them; check its accuracy, or raise engine.golden_set_size or lower engine.golden_atol_factor knowingly"
         )
     chosen = select_canaries(logits, lengths, min(wanted, clear), need)
     texts = [texts[i] for i in chosen]

@@ -46,6 +46,7 @@ from enginekit.objectstore import (
     ObjectNotFoundError,
     ObjectStoreError,
     ObjectStoreReader,
+    ObjectStoreSettings,
     _check_name,
     _Document,
     _error_code,
@@ -471,6 +472,14 @@ class ObjectStorePublisher(ObjectStoreReader):
             current=now,
         )
 
+    def history_record_exists(self, pointer: ChannelPointer) -> bool:
+        """Whether the history record of the move that produced ``pointer`` is stored."""
+        return pointer.history_key is None or self._head(pointer.history_key, "checking history") is not None
+
+    def write_missing_history(self, pointer: ChannelPointer) -> None:
+        """Write the history record of ``pointer``'s move if it is missing (``reconcile``)."""
+        self._write_history(pointer, late=True)
+
     def _write_history(self, pointer: ChannelPointer, *, late: bool) -> None:
         """Write the history record of the move that produced ``pointer`` if it is not there yet.
 
@@ -514,6 +523,45 @@ class ObjectStorePublisher(ObjectStoreReader):
 
 
 @dataclass(frozen=True)
+class ChannelState:
+    """A channel pointer as read at one moment: what a run's decision was made against."""
+
+    model: str
+    channel: str
+    version: str | None
+    """The version served (None: the channel has never been set)."""
+    etag: str
+    """The pointer's ETag, or ``CHANNEL_ABSENT``: the condition of the run's channel move."""
+    bundle_digest: str | None = None
+    mlflow_version: str | None = None
+    """The registry version the pointer names (``extra.mlflow_version``), when it names one."""
+    updated_at: str | None = None
+
+    @classmethod
+    def of(cls, model: str, channel: str, pointer: ChannelPointer | None) -> ChannelState:
+        if pointer is None:
+            return cls(model, channel, None, CHANNEL_ABSENT)
+        return cls(
+            model,
+            channel,
+            pointer.version,
+            pointer.etag or CHANNEL_ABSENT,
+            pointer.bundle_digest,
+            pointer.extra.get("mlflow_version"),
+            pointer.updated_at,
+        )
+
+    def describe(self) -> str:
+        if self.version is None:
+            return f"channel {self.channel!r} of {self.model!r} had no pointer"
+        return f"channel {self.channel!r} of {self.model!r} served {self.version} (moved {self.updated_at})"
+
+
+def read_channel_state(store: ObjectStoreSettings, model: str, channel: str) -> ChannelState:
+    return ChannelState.of(model, channel, ObjectStoreReader(store).read_channel(model, channel))
+
+
+@dataclass(frozen=True)
 class PublishResult:
     version: str
     version_uri: str
@@ -526,6 +574,10 @@ def version_id(mlflow_version: str, digest: str) -> str:
     return f"v{mlflow_version}-{digest[:8]}"
 
 
+class StaleDecisionError(ChannelConflictError):
+    """The channel moved after this run's gates were decided: the run must not move it (never retried)."""
+
+
 def publish_bundle(
     config: PublishConfig,
     model_name: str,
@@ -534,7 +586,16 @@ def publish_bundle(
     mlflow_uri: str,
     actor: str | None = None,
     log=print,
+    decided: ChannelState | None = None,
+    reason: str | None = None,
 ) -> PublishResult:
+    """Upload the bundle as an immutable version, then move the channel to it.
+
+    ``decided``: the channel as it was when the gates were decided (``read_channel_state``). The move is a
+    compare-and-set against exactly that pointer: if another writer moved the channel since, nothing is
+    moved and ``StaleDecisionError`` names the winner. If the channel already points to this very bundle
+    (a retried or resumed run whose move landed), nothing is moved again. Without ``decided`` (an operator
+    command acting on what it reads now), the move is conditional on the pointer read here."""
     manifest = verify_bundle(Path(bundle_dir))
     store = ObjectStorePublisher(config.store)
     if config.store.create_bucket:
@@ -542,34 +603,81 @@ def publish_bundle(
     version = version_id(mlflow_version, manifest.digest())
     published = store.publish_version(model_name, version, Path(bundle_dir), manifest)
     current = store.read_channel(model_name, config.channel)
-    pointer = store.move_channel(
-        model_name,
-        config.channel,
-        version,
-        expected_etag=current.etag if current is not None and current.etag else CHANNEL_ABSENT,
-        reason=f"gates passed; MLflow {mlflow_uri}",
-        actor=actor,
-        expected_bundle_digest=published.bundle_digest,
-        extra={"mlflow_model_uri": mlflow_uri, "mlflow_version": mlflow_version},
-    )
+    channel_uri = store.uri(store.channel_key(model_name, config.channel))
+    if current is not None and current.version == version and current.bundle_digest == published.bundle_digest:
+        log(f"published {published.uri}; channel {config.channel} already serves {version} (nothing moved again)")
+        return PublishResult(version, published.uri, config.channel, channel_uri, current.previous_version)
+    expected = decided.etag if decided is not None else (current.etag if current and current.etag else CHANNEL_ABSENT)
+    try:
+        store.move_channel(
+            model_name,
+            config.channel,
+            version,
+            expected_etag=expected,
+            reason=reason or f"gates passed; MLflow {mlflow_uri}",
+            actor=actor,
+            expected_bundle_digest=published.bundle_digest,
+            extra={"mlflow_model_uri": mlflow_uri, "mlflow_version": mlflow_version},
+        )
+    except ChannelConflictError as error:
+        if decided is None:
+            raise
+        winner = error.current
+        now = (
+            f"now serves {winner.version} (moved at {winner.updated_at} by {winner.actor or '?'})"
+            if winner
+            else ("has no pointer now")
+        )
+        raise StaleDecisionError(
+            f"channel {config.channel!r} of {model_name!r} moved after this run's gates were decided against "
+            f"{decided.version or 'no champion'}: it {now}. Version {version} was uploaded ({published.uri}) "
+            "but the channel was NOT moved and the champion alias is untouched; run again to compare with "
+            "the new champion.",
+            channel=config.channel,
+            current=winner,
+        ) from None
     previous = current.version if current is not None else None
     log(f"published {published.uri}; channel {config.channel}: {previous or '(none)'} → {version}")
-    return PublishResult(
-        version=version,
-        version_uri=published.uri,
-        channel=config.channel,
-        channel_uri=store.uri(store.channel_key(model_name, pointer.channel)),
-        previous_version=previous,
-    )
+    return PublishResult(version, published.uri, config.channel, channel_uri, previous)
 
 
-@task(name="publish-s3", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=5)
+def retry_unless(*never: type[BaseException]):
+    """A Prefect ``retry_condition_fn``: retry a failed task run unless it failed with one of ``never``."""
+
+    def should_retry(_task: Any, _task_run: Any, state: Any) -> bool:
+        error = state.result(raise_on_failure=False) if hasattr(state, "result") else None
+        return not isinstance(error, never)
+
+    return should_retry
+
+
+# A lost compare-and-set is never retried into a win; versions conflicting with what is stored neither.
+@task(
+    name="publish-s3",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_unless(ChannelConflictError, VersionConflictError, BundleError),
+)
 def publish_task(
-    config: PublishConfig, model_name: str, bundle_dir: str, mlflow_version: str, mlflow_uri: str
+    config: PublishConfig,
+    model_name: str,
+    bundle_dir: str,
+    mlflow_version: str,
+    mlflow_uri: str,
+    decided: ChannelState | None = None,
 ) -> PublishResult:
     from prefect import runtime
 
     actor = f"prefect flow run {runtime.flow_run.id}" if runtime.flow_run.id else None
     return publish_bundle(
-        config, model_name, Path(bundle_dir), mlflow_version, mlflow_uri, actor, log=get_run_logger().info
+        config,
+        model_name,
+        Path(bundle_dir),
+        mlflow_version,
+        mlflow_uri,
+        actor,
+        log=get_run_logger().info,
+        decided=decided,
     )

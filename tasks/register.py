@@ -12,11 +12,13 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from enginekit.bundle import read_manifest, utc_now_iso, write_manifest
+from enginekit.bundle import Manifest, read_manifest, utc_now_iso, write_manifest
 from tasks.config import PipelineConfig, RegistryConfig
 
 CANDIDATE_ALIAS = "candidate"
 CHAMPION_ALIAS = "champion"
+CONTENT_DIGEST_TAG = "content_digest"
+"""Tag of runs and versions: ``content_digest`` of the bundle, the key of idempotent registration."""
 MODEL_ARTIFACT = "engine"
 
 
@@ -98,6 +100,19 @@ def register_bundle(
         )
     )
     bundle_dir = Path(bundle_dir)
+    content = content_digest(read_manifest(bundle_dir))
+    existing = _registered_for(client, config.model_name, content)
+    if existing is not None:
+        # A retried or resumed run: this bundle is registered already. Give the local bundle back the
+        # lineage it was registered with (same digest as the registered copy) and register nothing anew.
+        version, run_id = existing
+        manifest = read_manifest(bundle_dir)
+        lineage = manifest.lineage.model_copy(update={"mlflow_run_id": run_id})
+        write_manifest(bundle_dir, manifest.updated(lineage=lineage.model_dump()))
+        log(f"bundle already registered as models:/{config.model_name}/{version} (run {run_id}); not registered again")
+        return RegisteredVersion(
+            config.model_name, version, run_id, experiment_id, resolve_tracking_uri(config.registry.tracking_uri)
+        )
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{config.model_name}-{utc_now_iso()}") as run:
         run_id = run.info.run_id
         manifest = read_manifest(bundle_dir)
@@ -117,6 +132,7 @@ def register_bundle(
             "backend": manifest.backend,
             "precision": manifest.precision,
             "bundle_digest": manifest.digest(),
+            CONTENT_DIGEST_TAG: content,
             "data_fingerprint": lineage.data_fingerprint,
             "config_hash": lineage.config_hash,
             "code_version": lineage.code_version,
@@ -144,28 +160,51 @@ def register_bundle(
             code_paths=[str(Path(enginekit.__file__).parent)],
             pip_requirements=_runtime_requirements(),
             signature=signature,
-            registered_model_name=config.model_name,
         )
-    version = str(info.registered_model_version)
-    tags = {**lineage_tags, "mlflow_run_id": run_id}
-    if gate_failures:
-        tags["gate_failures"] = " | ".join(gate_failures)[:5000]
-    for key in (
-        "accuracy_delta_points",
-        "int8_accuracy",
-        "teacher_accuracy",
-        "int8_latency_p50_ms",
-        "speedup_throughput",
-    ):
-        if key in metrics:
-            tags[key] = f"{metrics[key]:.4f}"
-    for key, value in tags.items():
-        client.set_model_version_tag(config.model_name, version, key, value)
-    client.set_registered_model_alias(config.model_name, CANDIDATE_ALIAS, version)
-    log(f"registered models:/{config.model_name}/{version} (alias {CANDIDATE_ALIAS}), run {run_id}")
+        tags = {**lineage_tags, "mlflow_run_id": run_id}
+        if gate_failures:
+            tags["gate_failures"] = " | ".join(gate_failures)[:5000]
+        for key in (
+            "accuracy_delta_points",
+            "int8_accuracy",
+            "teacher_accuracy",
+            "int8_latency_p50_ms",
+            "speedup_throughput",
+        ):
+            if key in metrics:
+                tags[key] = f"{metrics[key]:.4f}"
+        # One call creates the version with its tags: a version without its content digest never exists.
+        registered = mlflow.register_model(info.model_uri, config.model_name, tags=tags)
+    version = str(registered.version)
+    if gate_failures:  # kept as evidence: tagged, never the candidate
+        log(f"registered models:/{config.model_name}/{version} (gates failed: no alias), run {run_id}")
+    else:
+        client.set_registered_model_alias(config.model_name, CANDIDATE_ALIAS, version)
+        log(f"registered models:/{config.model_name}/{version} (alias {CANDIDATE_ALIAS}), run {run_id}")
     return RegisteredVersion(
         config.model_name, version, run_id, experiment_id, resolve_tracking_uri(config.registry.tracking_uri)
     )
+
+
+def content_digest(manifest: Manifest) -> str:
+    """The bundle's digest without the registration's own lineage (MLflow run, flow run): the same bundle
+    has the same content digest before and after it is registered, in every attempt."""
+    lineage = manifest.lineage.model_copy(update={"mlflow_run_id": None, "flow_run_id": None})
+    return manifest.updated(lineage=lineage.model_dump()).digest()
+
+
+def _registered_for(client: Any, model_name: str, content: str) -> tuple[str, str] | None:
+    """(version, run id) of the registry version of this content digest, the oldest if several."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client.search_model_versions(f"name='{model_name}' and tags.{CONTENT_DIGEST_TAG}='{content}'")
+    except MlflowException:  # no such registered model yet
+        return None
+    if not found:
+        return None
+    first = min(found, key=lambda item: int(item.version))
+    return str(first.version), str(first.run_id)
 
 
 def _runtime_requirements() -> list[str]:
@@ -177,11 +216,16 @@ def _runtime_requirements() -> list[str]:
     ]
 
 
-def promote(config: RegistryConfig, registered: RegisteredVersion, published_uri: str, log=print) -> None:
+def mark_champion(config: RegistryConfig, model_name: str, version: str, published_uri: str) -> None:
+    """Point the ``champion`` alias at ``version`` (after the channel moved to it: the alias follows)."""
     client = client_for(config)
-    client.set_model_version_tag(registered.model_name, registered.version, "published_uri", published_uri)
-    client.set_model_version_tag(registered.model_name, registered.version, "promoted_at", utc_now_iso())
-    client.set_registered_model_alias(registered.model_name, CHAMPION_ALIAS, registered.version)
+    client.set_model_version_tag(model_name, version, "published_uri", published_uri)
+    client.set_model_version_tag(model_name, version, "promoted_at", utc_now_iso())
+    client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version)
+
+
+def promote(config: RegistryConfig, registered: RegisteredVersion, published_uri: str, log=print) -> None:
+    mark_champion(config, registered.model_name, registered.version, published_uri)
     log(f"models:/{registered.model_name}@{CHAMPION_ALIAS} → version {registered.version}")
 
 

@@ -190,7 +190,8 @@ def _load_trainer_state(directory: Path | None, fingerprint: str) -> dict | None
     """The last epoch's state if it belongs to this same training job, else None."""
     if directory is None or not (directory / TRAINER_STATE_FILE).is_file():
         return None
-    state = torch.load(directory / TRAINER_STATE_FILE, map_location="cpu", weights_only=False)
+    # weights_only: tensors and plain containers only; a checkpoint cannot run code when it is loaded.
+    state = torch.load(directory / TRAINER_STATE_FILE, map_location="cpu", weights_only=True)
     return state if state.get("fingerprint") == fingerprint else None
 
 

@@ -27,12 +27,14 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from enginekit.bundle import read_manifest, write_json_atomic, write_manifest
+from enginekit.bundle import BundleError, read_manifest, write_json_atomic, write_manifest
+from enginekit.objectstore import ObjectStoreSettings
 from enginekit.runtime import EngineRuntime, IncompatibleBundleError, load_engine
 from enginekit.tokenization import EncodedBatch
-from tasks.config import RegistryConfig, ValidateConfig
+from tasks.config import ValidateConfig
 from tasks.data import PreparedData
 from tasks.modeling import SplitBatches, accuracy, macro_f1, predict_logits, to_torch
+from tasks.publish import ChannelState
 from tasks.quantize import StudentResult, load_student
 from tasks.teacher import TeacherResult
 
@@ -147,6 +149,8 @@ class ValidationReport:
     speedup_throughput: float
     threads: int
     gates: list[GateDecision] = field(default_factory=list)
+    decided_against: str = ""
+    """The channel as read when the champion gate was decided (the publish step moves it only from there)."""
     report_json: str = ""
     report_markdown: str = ""
 
@@ -232,56 +236,69 @@ class ChampionScore:
     note: str = ""
 
 
-def champion_gate(engine_accuracy: float, champion: ChampionScore | None, tolerance: float | None) -> GateDecision:
+def champion_gate(
+    engine_accuracy: float, champion: ChampionScore | None, tolerance: float | None, allow_unscored: bool = False
+) -> GateDecision:
     name = "champion_challenger"
     if tolerance is None:
         return GateDecision(name, True, "off (validate.champion_tolerance_points is null)")
     if champion is None:
         return GateDecision(name, True, "no champion yet: nothing to compare with")
     if champion.accuracy is None:
-        return GateDecision(name, True, f"champion version {champion.version} not comparable: {champion.note}")
+        if allow_unscored:
+            return GateDecision(
+                name,
+                True,
+                f"champion {champion.version} could not be scored ({champion.note}); passed only because "
+                "validate.allow_unscored_champion is true",
+            )
+        return GateDecision(
+            name,
+            False,
+            f"champion {champion.version} could not be scored ({champion.note}): nothing shows the new engine "
+            "is not worse (set validate.allow_unscored_champion: true to accept that explicitly)",
+        )
     delta = 100 * (engine_accuracy - champion.accuracy)
     return GateDecision(
         name,
         delta >= -tolerance - 1e-9,
-        f"challenger {100 * engine_accuracy:.2f}% vs champion version {champion.version} "
+        f"challenger {100 * engine_accuracy:.2f}% vs champion {champion.version} "
         f"{100 * champion.accuracy:.2f}% on the same test rows: {delta:+.2f} points (allowed ≥ {-tolerance:+.2f})",
     )
 
 
 def score_champion(
-    registry: RegistryConfig,
-    model_name: str,
+    channel: ChannelState,
+    store: ObjectStoreSettings,
     labels: list[str],
     texts: list[str],
     pairs: list[str] | None,
     gold: np.ndarray,
     threads: int,
+    out_dir: Path,
     log=print,
 ) -> ChampionScore | None:
-    """The current champion engine's accuracy on these rows; None when the model has no champion."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from enginekit.mlflow_model import BUNDLE_ARTIFACT
+    """The accuracy on these rows of the engine the channel serves (the champion: the channel is what
+    serves, ``tasks.channel``), fetched from the store and verified like a server would; None when the
+    channel has no pointer. A champion that cannot be fetched, verified or run here is returned unscored."""
+    from enginekit.objectstore import ObjectStoreError, ObjectStoreReader
     from enginekit.runtime import predict_logits as engine_logits
-    from tasks.register import CHAMPION_ALIAS, client_for
 
-    client = client_for(registry)
+    if channel.version is None:
+        return None
+    local = out_dir / "champion" / channel.version
     try:
-        version = client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
-    except MlflowException:
-        return None  # no such model or no champion alias yet
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(f"models:/{model_name}/{version.version}"))
-        engine: EngineRuntime = load_engine(local / "artifacts" / BUNDLE_ARTIFACT, threads=threads)
-    except (IncompatibleBundleError, OSError, MlflowException) as error:
-        log(f"champion version {version.version} cannot be run here: {error}")
-        return ChampionScore(version.version, None, f"cannot run here ({type(error).__name__}: {error})")
+        ObjectStoreReader(store).fetch_version(
+            channel.model, channel.version, local, expected_bundle_digest=channel.bundle_digest
+        )
+        engine: EngineRuntime = load_engine(local, threads=threads)
+    except (ObjectStoreError, BundleError, IncompatibleBundleError, OSError) as error:
+        log(f"champion {channel.version} cannot be run here: {error}")
+        return ChampionScore(channel.version, None, f"{type(error).__name__}: {error}")
     if engine.manifest.labels != labels:
-        return ChampionScore(version.version, None, "it predicts a different label set")
+        return ChampionScore(channel.version, None, "it predicts a different label set")
     predictions = engine_logits(engine, texts, pairs).argmax(-1)
-    return ChampionScore(version.version, accuracy(predictions, gold))
+    return ChampionScore(channel.version, accuracy(predictions, gold))
 
 
 def render_markdown(report: ValidationReport, model_name: str) -> str:
@@ -326,9 +343,11 @@ def validate_engine(
     log=print,
     *,
     student: StudentResult | None = None,
-    registry: RegistryConfig | None = None,
+    channel: ChannelState | None = None,
+    store: ObjectStoreSettings | None = None,
 ) -> ValidationReport:
-    """Measure the bundle against the teacher (and its own student, and the champion when given)."""
+    """Measure the bundle against the teacher (and its own student, and the champion the channel serves
+    when ``channel`` and ``store`` are given)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
@@ -388,11 +407,17 @@ def validate_engine(
         report.gates.append(agreement_gate(engine_pred, student_pred, config.min_agreement_with_student))
     report.gates.append(speedup_gate(report.speedup_throughput, config.min_speedup))
     report.gates.append(latency_gate(speed[1].latency_p99_ms, config.max_latency_p99_ms))
-    if registry is not None and config.champion_tolerance_points is not None:
+    if channel is not None and store is not None and config.champion_tolerance_points is not None:
         champion = score_champion(
-            registry, engine.manifest.model_name, data.labels, test.texts, test.pairs, test.labels, threads, log
+            channel, store, data.labels, test.texts, test.pairs, test.labels, threads, out_dir, log
         )
-        report.gates.append(champion_gate(report.engine_accuracy, champion, config.champion_tolerance_points))
+        gate = champion_gate(
+            report.engine_accuracy, champion, config.champion_tolerance_points, config.allow_unscored_champion
+        )
+        if config.allow_unscored_champion and champion is not None and champion.accuracy is None:
+            log(f"WARNING: {gate.detail}")
+        report.gates.append(gate)
+        report.decided_against = channel.describe()
 
     manifest = read_manifest(Path(bundle_dir))
     write_manifest(Path(bundle_dir), manifest.updated(metrics=report.metrics()))
@@ -416,7 +441,8 @@ def validate_task(
     data: PreparedData,
     out_dir: str,
     student: StudentResult | None = None,
-    registry: RegistryConfig | None = None,
+    channel: ChannelState | None = None,
+    store: ObjectStoreSettings | None = None,
 ) -> ValidationReport:
     report = validate_engine(
         config,
@@ -426,7 +452,8 @@ def validate_task(
         Path(out_dir),
         log=get_run_logger().info,
         student=student,
-        registry=registry,
+        channel=channel,
+        store=store,
     )
     create_table_artifact(
         key="int8-validation",

@@ -22,4 +22,4 @@ def test_deployment_round_trips_schedule_and_typed_parameters(prefect_harness):
     restored = PipelineConfig.model_validate(stored.parameters["config"])
     assert restored == config and restored.teacher.training.epochs == 2
     schema = stored.parameter_openapi_schema
-    assert "config" in schema["properties"] and "config" in schema.get("required", ["config"])
+    assert "config" in schema["properties"] and "config" in schema["required"]

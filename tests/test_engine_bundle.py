@@ -308,3 +308,24 @@ def test_the_tiny_engine_stores_its_word_embeddings_as_int8_and_matches_the_roun
     codes = onnx.numpy_helper.to_array(tables[int8_tables[0]]).astype(np.float32)
     scales = onnx.numpy_helper.to_array(tables[int8_tables[0].removesuffix(".int8") + ".scale"])
     assert np.array_equal(codes * scales, word)
+
+
+def test_canaries_come_from_eval_or_a_curated_file_never_from_test(tiny_build, tmp_path):
+    import tasks.engine_build as engine_build
+    from tasks.config import ConfigError, config_from_mapping
+    from tests.conftest import tiny_config_mapping
+
+    golden = json.loads((tiny_build.bundle_dir / "golden.json").read_text())
+    splits = tiny_build.data.load()
+    assert set(golden["texts"]) <= set(splits["eval"]["text"])
+    texts, _ = engine_build.golden_candidates(tiny_build.data, 4, "eval")
+    assert set(texts) <= set(splits["eval"]["text"])
+    curated = tmp_path / "canaries.txt"
+    curated.write_text("rain forecast paris\n\nbuy cheap shoes\nlatest headlines berlin\n")
+    texts, pairs = engine_build.golden_candidates(tiny_build.data, 4, str(curated))
+    assert sorted(texts) == ["buy cheap shoes", "latest headlines berlin", "rain forecast paris"] and pairs is None
+    with pytest.raises(ValueError, match="cannot read it"):
+        engine_build.golden_candidates(tiny_build.data, 4, str(tmp_path / "missing.txt"))
+    mapping = tiny_config_mapping(tmp_path, tmp_path, engine={"golden_source": "test"})
+    with pytest.raises(ConfigError, match="must not be the test split"):
+        config_from_mapping(mapping, "canaries from test")

@@ -134,6 +134,17 @@ def test_second_run_moves_pointer_and_champion(runs, seaweedfs):
     registry = client_for(config.registry)
     champion = registry.get_model_version_by_alias(config.model_name, "champion")
     assert f"models:/{config.model_name}/{champion.version}" == second.mlflow_model_uri
+    # Its champion gate scored the version the channel served then (the first run's), fetched from S3.
+    report = json.loads((Path(second.bundle_dir).parent / "validation" / "validation.json").read_text())
+    gate = next(g for g in report["gates"] if g["name"] == "champion_challenger")
+    assert f"vs champion {first_version} " in gate["detail"], gate
+    assert report["decided_against"].endswith(
+        f"served {first_version} (moved {pointer_moved_at(store, config, first_version)})"
+    )
+
+
+def pointer_moved_at(store, config, version):
+    return next(r.moved_at for r in store.history(config.model_name, "production") if r.to_version == version)
 
 
 def test_failed_gate_leaves_champion_and_pointer_and_says_why(runs, seaweedfs):
@@ -156,10 +167,12 @@ def test_failed_gate_leaves_champion_and_pointer_and_says_why(runs, seaweedfs):
         == second.mlflow_model_uri
     )
     assert Path(failed.run_report).is_file()  # the run report is written when a gate fails too
-    failed_version = registry.get_model_version_by_alias(config.model_name, "candidate")
-    assert f"models:/{config.model_name}/{failed_version.version}" == failed.mlflow_model_uri
+    # The failed version is kept as evidence, tagged, and never becomes the candidate.
+    failed_version = registry.get_model_version(config.model_name, failed.mlflow_model_uri.rsplit("/", 1)[-1])
     assert failed_version.tags["gates_passed"] == "false"
     assert "min_accuracy" in failed_version.tags["gate_failures"]
+    candidate = registry.get_model_version_by_alias(config.model_name, "candidate")
+    assert f"models:/{config.model_name}/{candidate.version}" == second.mlflow_model_uri
 
 
 def test_champion_loads_with_pyfunc_in_a_fresh_process(runs):

@@ -89,7 +89,11 @@ def test_each_added_gate_decides_on_its_threshold():
     assert champion_gate(0.80, ChampionScore("3", 0.90), None).passed  # gate off
     assert champion_gate(0.90, ChampionScore("3", 0.90), 0.0).passed
     worse = champion_gate(0.895, ChampionScore("3", 0.90), 0.0)
-    assert not worse.passed and "version 3" in worse.detail and "-0.50 points" in worse.detail
+    assert not worse.passed and "champion 3" in worse.detail and "-0.50 points" in worse.detail
     assert champion_gate(0.895, ChampionScore("3", 0.90), 0.5).passed
-    unknown = champion_gate(0.5, ChampionScore("4", None, "it predicts a different label set"), 0.0)
-    assert unknown.passed and "not comparable" in unknown.detail
+    # A champion that cannot be scored fails the gate (closed), unless explicitly overridden.
+    unscored = ChampionScore("4", None, "it predicts a different label set")
+    closed = champion_gate(0.99, unscored, 0.0)
+    assert not closed.passed and "could not be scored" in closed.detail and "allow_unscored_champion" in closed.detail
+    overridden = champion_gate(0.5, unscored, 0.0, allow_unscored=True)
+    assert overridden.passed and "only because validate.allow_unscored_champion is true" in overridden.detail
