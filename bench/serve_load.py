@@ -156,6 +156,29 @@ def raw_engine_rows_per_s(bundle: Path, texts: list[str], threads: int, seconds:
     return {"rows_per_s": len(passes) * 32 * len(batches) / (time.perf_counter() - started), "per_pass": passes}
 
 
+def _rss_by_process(pid: int) -> dict[str, float]:
+    """Resident memory, MiB, of the server itself and of each child (``pid:command``)."""
+    found: dict[str, float] = {}
+
+    def own(process: int) -> float:
+        for line in Path(f"/proc/{process}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    try:
+        found["server"] = own(pid)
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                command = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+                name = next((part.decode() for part in command if part.startswith(b"serving.")), command[0].decode())
+                nice = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[16]
+                found[f"{child}:{name} (nice {nice})"] = own(int(child))
+    except OSError:  # a process ended meanwhile
+        pass
+    return found
+
+
 def _rss_mib(pid: int) -> float:
     """Resident memory of the server and its children (the fetch process), MiB."""
     total = 0.0
@@ -327,7 +350,7 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
         client = _start_client(work, url, per, rate, budget)
         timeline.add("load client", client.pid)
         time.sleep(arguments.phase_seconds)
-        moves, rss = [], {}
+        moves, rss, rss_parts = [], {}, {}
         pacing = random.Random(0)  # the same gaps in every run
         swap_started = time.time()
         for version, kind in plan[1:]:
@@ -341,6 +364,7 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
             if successes in (2, 100) and str(successes) not in rss:
                 time.sleep(1.0)
                 rss[str(successes)] = _rss_mib(server.pid)
+                rss_parts[str(successes)] = _rss_by_process(server.pid)
             if time.time() - swap_started > arguments.max_swap_seconds:
                 break
             # Quiet time: the same load with no staging, as a reference. Plus a random fraction of the poll
@@ -360,6 +384,7 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
         timeline.stop()
         report["cpu"] = {name: timeline.summarise(*window) for name, window in windows.items()}
         rss["end"] = _rss_mib(server.pid)
+        rss_parts["end"] = _rss_by_process(server.pid)
         (work / "open.stop").touch()
         client.wait(timeout=120)
         # The same raw measurement again, the server idle: how far the machine's own speed moved in the run.
@@ -368,6 +393,7 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
         report.update(_summarise(records, moves, swap_started, swap_ended, arguments.phase_seconds))
         report["moves"] = moves
         report["rss_mib"] = rss
+        report["rss_mib_by_process"] = rss_parts
         report["server_metrics"] = _swap_metrics(url)
     finally:
         if server is not None:
@@ -715,6 +741,21 @@ def render(report: dict[str, Any], poll: float) -> str:
             "",
             f"The raw engine's B32 rows/s per pass over the same fixed batches, at the start and again at the "
             f"end with the server idle: {spread}. Their spread is the machine's own speed variation.",
+        ]
+    by_process = report.get("rss_mib_by_process") or {}
+    if by_process:
+        moments = [moment for moment in ("2", "100", "end") if moment in by_process]
+        names = sorted({name for moment in moments for name in by_process[moment]}, key=lambda n: (n != "server", n))
+        lines += [
+            "",
+            "Resident memory by process, MiB ("
+            + ", ".join(f"after {m}" if m != "end" else "end" for m in moments)
+            + "): "
+            + "; ".join(
+                f"{name.split(':', 1)[-1]} " + " → ".join(f"{by_process[m].get(name, 0):.0f}" for m in moments)
+                for name in names
+            )
+            + ".",
         ]
     per_swap: dict[str, list[float]] = {}
     for move in served:

@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from enginekit.runtime import softmax
 from serving.batching import Batcher, DeadlineExceededError, NotReadyError, OverloadedError
-from serving.engines import EngineSet, LoadedEngine
+from serving.engines import EngineSet, LoadedEngine, limit_malloc_arenas
 from serving.follower import ChannelFollower
 from serving.metrics import ServerMetrics
 from serving.osthreads import start_shared_pools
@@ -210,6 +210,8 @@ class ServerState:
 
 
 def build_state(settings: ServerSettings) -> ServerState:
+    if settings.malloc_arena_max:
+        limit_malloc_arenas(settings.malloc_arena_max)
     if settings.shared_thread_pool:
         from enginekit.runtime_onnx import share_thread_pool
 

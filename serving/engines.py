@@ -51,6 +51,24 @@ def _release_freed_memory() -> None:
             ctypes.CDLL(name).malloc_trim(0)
 
 
+_M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def limit_malloc_arenas(arenas: int) -> bool:
+    """Cap glibc's malloc arenas for this process (``mallopt(M_ARENA_MAX)``); call before threads allocate.
+
+    Every thread that allocates can get an arena of its own (up to 8 per core): the batcher's workers, the
+    follower, the staging thread and the library pools each fragment their own heap, and memory freed in
+    one (an old engine's buffers) is reused only there. Returns False where this is not glibc."""
+    name = ctypes.util.find_library("c")
+    if not name or arenas <= 0:
+        return False
+    try:
+        return bool(ctypes.CDLL(name).mallopt(_M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
 class EngineSet:
     def __init__(self, keep_previous_s: float) -> None:
         self._lock = threading.Lock()

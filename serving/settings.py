@@ -156,6 +156,10 @@ class ServerSettings(BaseSettings):
     """The engines' intra-op threads spin while a run is in progress and stop when it returns, so the
     cores are idle between batches and staging a new version (at a lower priority) runs there. False: they
     never spin (about 1 ms more per single-row batch on a 2-core machine). Per-session pools only."""
+    malloc_arena_max: int = Field(default=2, ge=0)
+    """Cap on glibc's malloc arenas in the server process (0: glibc's default, up to 8 per core). Each
+    thread may otherwise allocate from a heap of its own, and what one heap frees (a swapped-out engine's
+    buffers) serves only that heap's thread again: resident memory creeps up over many swaps."""
     limits: LimitSettings = LimitSettings()
     batching: BatchingSettings = BatchingSettings()
     swap: SwapSettings = SwapSettings()
