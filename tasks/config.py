@@ -266,7 +266,7 @@ class QuantizeConfig(_Section):
     values are exact in FP32) wherever a student is loaded (export, validation, variant scores), and store
     it as INT8 in the ONNX Runtime engine (``tasks.engine_build.compact_embedding_tables``). The table is
     most of a small encoder's engine file (MiniLM: 47 of 54 MB): the engine shrinks to about a third, and
-    a server downloads, hashes and loads it about three times faster. The gates measure the rounded
+    a server downloads, hashes and parses a third of the bytes on every swap. The gates measure the rounded
     student and its engine like any other; false: FP32 table."""
 
     accuracy_budget_points: float = Field(default=0.3, ge=0.0)
